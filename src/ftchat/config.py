@@ -1,0 +1,45 @@
+"""One settings object, read from the environment once and passed down explicitly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+# The repository root when running from a checkout (editable install); the corpus and
+# the default index live there so `make run` works from any working directory.
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent.parent
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _default_dir(env: str, fallback: Path) -> Path:
+    value = os.environ.get(env)
+    return Path(value).expanduser() if value else fallback
+
+
+@dataclass(frozen=True)
+class Settings:
+    corpus_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_CORPUS_DIR", REPO_ROOT / "corpus"))
+    index_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_INDEX_DIR", REPO_ROOT / "index"))
+    cache_dir: Path = field(
+        default_factory=lambda: _default_dir("FTCHAT_CACHE_DIR", Path.home() / ".cache" / "ftchat")
+    )
+    embedder: str = field(default_factory=lambda: os.environ.get("FTCHAT_EMBEDDER", DEFAULT_EMBEDDER))
+    model: str = field(default_factory=lambda: os.environ.get("FTCHAT_MODEL", DEFAULT_MODEL))
+    host: str = field(default_factory=lambda: os.environ.get("FTCHAT_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_PORT", "7860")))
+
+    # Chunking: all-MiniLM-L6-v2 reads 256 word pieces; ~170 words plus the heading path fits.
+    chunk_max_words: int = 170
+    # Retrieval: candidates taken from each ranker before fusion, and the RRF constant.
+    candidates: int = 30
+    rrf_k: int = 60
+    top_k: int = 5
+    # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
+    max_question_chars: int = 2000
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

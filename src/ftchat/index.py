@@ -1,0 +1,373 @@
+"""The on-disk index: FAISS vectors, a BM25 keyword index, chunks.jsonl and manifest.json.
+
+Layout of the index folder (FTCHAT_INDEX_DIR, default ./index):
+
+    CURRENT            name of the live version folder, replaced atomically
+    v-<stamp>/         manifest.json, chunks.jsonl, vectors.faiss, keyword.json
+    uploads/           documents added from the page or with `ftchat index --source`
+
+A build writes a new version folder and only then points CURRENT at it, so a crash or
+Ctrl-C at any moment leaves the previous version in use. Nothing here is pickled: the
+files are JSON, JSON Lines and FAISS's own format, each checked against a sha256 recorded
+in the manifest before it is trusted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from . import __version__
+from .chunking import Chunk, chunk_sections
+from .config import Settings
+from .corpus import display_path, iter_files, load_sources
+from .embedding import Embedder, get_embedder
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ARTIFACTS = ("chunks.jsonl", "vectors.faiss", "keyword.json")
+
+
+class IndexUnusable(Exception):
+    """An index folder that cannot be used as it is (missing, stale or damaged)."""
+
+
+# --- Keyword index (BM25) -------------------------------------------------------------
+
+_STOPWORDS = frozenset(
+    """a an and are as at be but by can do does for from has have how i if in into is it its
+    me my of on or so such than that the their them then there these this those to was we
+    what when where which who why will with you your about should would could i'm it's vs
+    use used using""".split()
+)
+
+
+def _stem(word: str) -> str:
+    # A deliberately tiny stemmer: enough that "balancing" meets "balance" and "layers"
+    # meets "layer", predictable enough that exact terms like "GPTQ" stay exact.
+    for suffix, replacement, min_len in (
+        ("ies", "y", 5),
+        ("ing", "", 6),
+        ("ed", "", 5),
+        ("es", "", 6),
+        ("s", "", 4),
+        ("e", "", 5),
+    ):
+        if word.endswith(suffix) and len(word) >= min_len and not word.endswith("ss"):
+            return word[: len(word) - len(suffix)] + replacement
+    return word
+
+
+def tokenize(text: str) -> list[str]:
+    return [_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOPWORDS]
+
+
+@dataclass
+class KeywordIndex:
+    postings: dict[str, list[list[int]]]
+    doc_lengths: list[int]
+    k1: float = 1.5
+    b: float = 0.75
+
+    @classmethod
+    def build(cls, texts: list[str]) -> KeywordIndex:
+        postings: dict[str, list[list[int]]] = {}
+        lengths = []
+        for doc, text in enumerate(texts):
+            terms = tokenize(text)
+            lengths.append(len(terms))
+            for term, count in Counter(terms).items():
+                postings.setdefault(term, []).append([doc, count])
+        return cls(postings, lengths)
+
+    def scores(self, query: str) -> np.ndarray:
+        n = len(self.doc_lengths)
+        result = np.zeros(n, dtype=np.float32)
+        if n == 0:
+            return result
+        average = max(sum(self.doc_lengths) / n, 1.0)
+        for term in set(tokenize(query)):
+            rows = self.postings.get(term)
+            if not rows:
+                continue
+            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
+            for doc, tf in rows:
+                norm = tf + self.k1 * (1 - self.b + self.b * self.doc_lengths[doc] / average)
+                result[doc] += idf * tf * (self.k1 + 1) / norm
+        return result
+
+    def to_json(self) -> dict:
+        return {"k1": self.k1, "b": self.b, "doc_lengths": self.doc_lengths, "postings": self.postings}
+
+    @classmethod
+    def from_json(cls, data: dict) -> KeywordIndex:
+        return cls(data["postings"], data["doc_lengths"], float(data["k1"]), float(data["b"]))
+
+
+# --- The index ------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Index:
+    chunks: list[Chunk]
+    vectors: faiss.Index
+    keyword: KeywordIndex
+    manifest: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    # Building ----------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        sources: list[Path],
+        embedder: Embedder,
+        settings: Settings,
+        extra_sources: list[str],
+        previous: Index | None = None,
+        progress: bool = False,
+    ) -> Index:
+        started = time.perf_counter()
+        report = load_sources(sources)
+        chunks = chunk_sections(report.sections, settings.chunk_max_words)
+        texts = [c.embedding_text() for c in chunks]
+
+        # Re-use vectors of unchanged chunks from the previous index (same embedder), so
+        # adding one document does not re-embed the whole guide.
+        known: dict[str, np.ndarray] = {}
+        if previous is not None and previous.manifest.get("embedder") == embedder.name:
+            stored = previous.vectors.reconstruct_n(0, previous.vectors.ntotal)
+            known = {_text_key(c.embedding_text()): stored[i] for i, c in enumerate(previous.chunks)}
+        missing = [i for i, t in enumerate(texts) if _text_key(t) not in known]
+        fresh = embedder.encode([texts[i] for i in missing], progress=progress) if missing else None
+
+        dims = embedder.dimensions
+        matrix = np.zeros((len(texts), dims), dtype=np.float32)
+        for i, text in enumerate(texts):
+            if _text_key(text) in known:
+                matrix[i] = known[_text_key(text)]
+        if fresh is not None:
+            matrix[missing] = fresh
+        vectors = faiss.IndexFlatIP(dims)
+        vectors.add(matrix)
+
+        manifest = {
+            "format": FORMAT_VERSION,
+            "package_version": __version__,
+            "embedder": embedder.name,
+            "dimensions": dims,
+            "chunking": {"max_words": settings.chunk_max_words, "strategy": "headings"},
+            "corpus_dir": str(settings.corpus_dir.resolve()),
+            "extra_sources": extra_sources,
+            "files": {display_path(p): _file_record(p) for p in report.files},
+            "chunks": len(chunks),
+            "embedded": len(missing),
+            "warnings": report.warnings,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.perf_counter() - started, 3),
+        }
+        return cls(chunks, vectors, KeywordIndex.build(texts), manifest)
+
+    # Saving and loading ------------------------------------------------------------
+
+    def save(self, index_dir: Path) -> Path:
+        """Write a new version folder, then switch CURRENT to it in one atomic rename."""
+        index_dir.mkdir(parents=True, exist_ok=True)
+        name = f"v-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.perf_counter_ns() % 10**6}"
+        staging = index_dir / f"{name}.tmp"
+        staging.mkdir()
+        try:
+            with (staging / "chunks.jsonl").open("w", encoding="utf-8") as handle:
+                for chunk in self.chunks:
+                    handle.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
+            faiss.write_index(self.vectors, str(staging / "vectors.faiss"))
+            (staging / "keyword.json").write_text(json.dumps(self.keyword.to_json()), encoding="utf-8")
+            self.manifest["artifacts"] = {a: sha256_file(staging / a) for a in ARTIFACTS}
+            (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
+            for item in staging.iterdir():
+                _fsync(item)
+            final = index_dir / name
+            staging.rename(final)
+            pointer = index_dir / "CURRENT.tmp"
+            pointer.write_text(name + "\n", encoding="utf-8")
+            _fsync(pointer)
+            os.replace(pointer, index_dir / "CURRENT")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.path = final
+        _remove_old_versions(index_dir, keep=name)
+        return final
+
+    @classmethod
+    def load(cls, index_dir: Path) -> Index:
+        pointer = index_dir / "CURRENT"
+        if not pointer.is_file():
+            raise IndexUnusable(f"no index in {index_dir}")
+        name = pointer.read_text(encoding="utf-8").strip()
+        folder = index_dir / name
+        if not re.fullmatch(r"v-[\w.-]+", name) or not folder.is_dir():
+            raise IndexUnusable(f"{pointer} points to a missing version '{name}'")
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            for artifact in ARTIFACTS:
+                expected = manifest["artifacts"][artifact]
+                if sha256_file(folder / artifact) != expected:
+                    raise IndexUnusable(f"{folder / artifact} is damaged (checksum mismatch)")
+            with (folder / "chunks.jsonl").open(encoding="utf-8") as handle:
+                chunks = [Chunk.from_json(json.loads(line)) for line in handle if line.strip()]
+            vectors = faiss.read_index(str(folder / "vectors.faiss"))
+            keyword = KeywordIndex.from_json(json.loads((folder / "keyword.json").read_text(encoding="utf-8")))
+        except IndexUnusable:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise IndexUnusable(f"index in {folder} is unreadable ({type(exc).__name__}: {exc})") from exc
+        if vectors.ntotal != len(chunks) or len(keyword.doc_lengths) != len(chunks):
+            raise IndexUnusable(f"index in {folder} is inconsistent (chunk and vector counts differ)")
+        return cls(chunks, vectors, keyword, manifest, folder)
+
+    # Freshness ---------------------------------------------------------------------
+
+    def staleness(self, sources: list[Path], settings: Settings, embedder_name: str) -> str | None:
+        """Why this index no longer matches the corpus and settings, or None if it does."""
+        m = self.manifest
+        if m.get("format") != FORMAT_VERSION:
+            return "index format changed"
+        if m.get("embedder") != embedder_name:
+            return f"embedder changed ({m.get('embedder')} → {embedder_name})"
+        if m.get("chunking", {}).get("max_words") != settings.chunk_max_words:
+            return "chunking parameters changed"
+        if m.get("corpus_dir") != str(settings.corpus_dir.resolve()):
+            return "corpus folder changed"
+        recorded: dict = m.get("files", {})
+        current = {display_path(p): p for p in iter_files([s for s in sources if s.exists()])}
+        if set(recorded) != set(current):
+            added = sorted(set(current) - set(recorded))
+            removed = sorted(set(recorded) - set(current))
+            return f"documents added {added[:3]} or removed {removed[:3]}"
+        for name, path in current.items():
+            record = recorded[name]
+            stat = path.stat()
+            if stat.st_size == record["size"] and stat.st_mtime_ns == record["mtime_ns"]:
+                continue  # unchanged by size and time: skip hashing so loading stays fast
+            if sha256_file(path) != record["sha256"]:
+                return f"{name} changed"
+        return None
+
+
+def _file_record(path: Path) -> dict:
+    stat = path.stat()
+    return {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_old_versions(index_dir: Path, keep: str) -> None:
+    for item in index_dir.iterdir():
+        if item.is_dir() and item.name.startswith("v-") and item.name != keep:
+            shutil.rmtree(item, ignore_errors=True)
+
+
+@contextmanager
+def _build_lock(index_dir: Path):
+    """Two processes (the page and a CLI) never build into the same folder at once."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with (index_dir / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- Entry point used by the CLI, the UI and the API ------------------------------------
+
+
+def _sources(settings: Settings, extra: list[str]) -> list[Path]:
+    return [settings.corpus_dir, *(Path(p) for p in extra)]
+
+
+def open_index(
+    settings: Settings,
+    add_sources: list[Path] | None = None,
+    rebuild: bool = False,
+    progress: bool = False,
+) -> Index:
+    """Load the index, building or rebuilding it first when missing, stale or damaged."""
+    from .corpus import CorpusError
+
+    if not settings.corpus_dir.is_dir():
+        raise CorpusError(
+            f"Corpus folder not found: {settings.corpus_dir} (set FTCHAT_CORPUS_DIR to your documents)"
+        )
+    previous: Index | None = None
+    problem: str | None = None
+    try:
+        previous = Index.load(settings.index_dir)
+    except IndexUnusable as exc:
+        problem = str(exc)
+
+    extra = list(previous.manifest.get("extra_sources", [])) if previous else []
+    for path in add_sources or []:
+        if not path.exists():
+            raise CorpusError(f"Source not found: {path}")
+        resolved = str(path.resolve())
+        if resolved not in extra:
+            extra.append(resolved)
+    missing_extra = [p for p in extra if not Path(p).exists()]
+    for path in missing_extra:
+        log.warning("Extra source %s no longer exists; dropping it from the index", path)
+    extra = [p for p in extra if p not in missing_extra]
+
+    sources = _sources(settings, extra)
+    if previous is not None and not rebuild:
+        problem = previous.staleness(sources, settings, settings.embedder)
+        if problem is None and not add_sources and not missing_extra:
+            return previous
+        problem = problem or "new sources added"
+    elif rebuild:
+        problem = "rebuild requested"
+    log.info("Building the index: %s", problem)
+
+    with _build_lock(settings.index_dir):
+        index = Index.build(sources, get_embedder(settings.embedder), settings, extra, previous, progress)
+        index.save(settings.index_dir)
+    for warning in index.manifest["warnings"]:
+        log.warning(warning)
+    return index

@@ -1,0 +1,97 @@
+"""Hybrid retrieval: dense (FAISS) and keyword (BM25) rankings fused with reciprocal rank fusion."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .chunking import Chunk
+from .config import Settings
+from .embedding import Embedder
+from .index import Index
+
+
+class QuestionError(ValueError):
+    """A question that cannot be answered as given (empty, for instance)."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk: Chunk
+    score: float  # fused RRF score: what the ranking is by
+    rank: int  # 1-based
+    dense: float  # cosine similarity between question and chunk
+    keyword: float  # BM25 score
+
+    def to_json(self) -> dict:
+        return {
+            "rank": self.rank,
+            "chunk_id": self.chunk.id,
+            "title": self.chunk.title,
+            "source": self.chunk.source,
+            "location": self.chunk.location,
+            "text": self.chunk.text,
+            "score": round(self.score, 6),
+            "dense_score": round(self.dense, 4),
+            "keyword_score": round(self.keyword, 4),
+        }
+
+
+def clean_question(question: str, settings: Settings) -> str:
+    text = " ".join((question or "").split())
+    if not text:
+        raise QuestionError("The question is empty. Type a question about fine-tuning LLMs.")
+    # The embedder reads ~256 word pieces; anything past a couple of thousand characters
+    # only slows BM25 down and changes nothing for the dense side.
+    return text[: settings.max_question_chars]
+
+
+class Retriever:
+    def __init__(self, index: Index, embedder: Embedder, settings: Settings) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.settings = settings
+
+    def search(self, question: str, k: int | None = None) -> list[Passage]:
+        k = k or self.settings.top_k
+        if k < 1:
+            raise QuestionError("k must be at least 1")
+        query = clean_question(question, self.settings)
+        n = len(self.index)
+        depth = min(max(self.settings.candidates, k), n)
+
+        vector = self.embedder.encode([query])
+        dense_scores, dense_ids = self.index.vectors.search(vector, depth)
+        dense_by_doc = {int(d): float(s) for d, s in zip(dense_ids[0], dense_scores[0]) if d >= 0}
+        keyword_scores = self.index.keyword.scores(query)
+        keyword_order = np.argsort(-keyword_scores, kind="stable")[:depth]
+        keyword_ranked = [int(d) for d in keyword_order if keyword_scores[d] > 0]
+
+        fused: dict[int, float] = {}
+        for ranking in (list(dense_by_doc), keyword_ranked):
+            for position, doc in enumerate(ranking, start=1):
+                fused[doc] = fused.get(doc, 0.0) + 1.0 / (self.settings.rrf_k + position)
+        order = sorted(fused, key=lambda d: (-fused[d], d))[:k]
+
+        missing_dense = [d for d in order if d not in dense_by_doc]
+        if missing_dense:  # keyword-only hits still get a cosine score, for gating and display
+            stored = np.stack([self.index.vectors.reconstruct(d) for d in missing_dense])
+            for d, s in zip(missing_dense, stored @ vector[0]):
+                dense_by_doc[d] = float(s)
+        return [
+            Passage(
+                self.index.chunks[d],
+                fused[d],
+                rank,
+                dense_by_doc[d],
+                float(keyword_scores[d]),
+            )
+            for rank, d in enumerate(order, start=1)
+        ]
+
+    def timed_search(self, question: str, k: int | None = None) -> tuple[list[Passage], float]:
+        started = time.perf_counter()
+        passages = self.search(question, k)
+        return passages, (time.perf_counter() - started) * 1000
