@@ -1,23 +1,36 @@
-"""The Python API that the CLI and the page both use."""
+"""The Python API that the CLI and the page both use.
+
+    from ftchat.api import Assistant
+    assistant = Assistant()
+    answer = assistant.ask("What is QLoRA?")
+    for piece in assistant.stream("and how does it save memory?", history=["What is QLoRA?"]):
+        ...  # str pieces of verified text, then the final Answer
+"""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 
+from . import answer as ans
 from .config import Settings
 from .embedding import get_embedder
+from .generation import GenerationConfig, Generator, get_generator
 from .index import Index, open_index
-from .retrieval import Passage, Retriever
+from .retrieval import Passage, Retriever, clean_question
 
 
 class Assistant:
-    """Answers questions from the indexed guide. The index is opened (and built if needed) on first use."""
+    """Answers questions from the indexed guide. Index and model are opened on first use."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self._index: Index | None = None
         self._retriever: Retriever | None = None
         self._lock = threading.Lock()
+
+    # Components, loaded lazily ---------------------------------------------------------
 
     @property
     def index(self) -> Index:
@@ -35,9 +48,98 @@ class Assistant:
                 self._retriever = Retriever(index, get_embedder(self.settings.embedder), self.settings)
             return self._retriever
 
+    @property
+    def generator(self) -> Generator:
+        return get_generator(self.settings.model, self.settings.cache_dir)
+
     def reload(self, index: Index) -> None:
         with self._lock:
             self._index, self._retriever = index, None
 
+    # Questions -------------------------------------------------------------------------
+
     def search(self, question: str, k: int | None = None) -> list[Passage]:
         return self.retriever.search(question, k)
+
+    def ask(self, question: str, history: list[str] | None = None, k: int | None = None) -> ans.Answer:
+        result = None
+        for item in self.stream(question, history, k):
+            if isinstance(item, ans.Answer):
+                result = item
+        assert result is not None
+        return result
+
+    def stream(
+        self, question: str, history: list[str] | None = None, k: int | None = None
+    ) -> Iterator[str | ans.Answer]:
+        """Yield pieces of the answer as they are verified, then the final Answer."""
+        started = time.perf_counter()
+        question = clean_question(question, self.settings)
+        query = ans.condense(question, history or [])
+        retriever = self.retriever
+        passages = retriever.search(query, k or self.settings.top_k)
+        timings = {"retrieve_ms": (time.perf_counter() - started) * 1000}
+
+        def finish(text: str, answerable: bool, mode: str, evidence, tokens: int = 0, **extra):
+            timings.setdefault("first_token_ms", (time.perf_counter() - started) * 1000)
+            timings["total_ms"] = (time.perf_counter() - started) * 1000
+            citations = ans.citations_for(text, evidence) if evidence else []
+            return ans.Answer(
+                question, text, answerable, citations, passages, self.settings.model,
+                timings, tokens, mode, query, **extra,
+            )
+
+        if not ans.is_covered(passages, self.settings.gate_threshold):
+            text = ans.declined_text(passages)
+            yield text
+            passages = ans.closest_sections(passages)
+            yield finish(text, False, "declined", None)
+            return
+
+        embedder = retriever.embedder
+        evidence = ans.select_evidence(query, passages, embedder)
+        context = history[-1] if history and query != question else None
+        messages = ans.build_messages(question, evidence, context)
+        config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
+
+        emitted: list[str] = []
+        streamed: list[str] = []
+        dropped: list[str] = []
+        tokens = 0
+        buffer = ""
+
+        def judge(sentence: str) -> str | None:
+            verdict = ans.verify_sentence(sentence, evidence, embedder)
+            normal = verdict.text.lower()
+            if not verdict.supported or any(normal == e.lower() for e in emitted):
+                if verdict.text:
+                    dropped.append(verdict.text)
+                return None
+            emitted.append(verdict.text)
+            streamed.append(("" if len(emitted) == 1 else " ") + f"{verdict.text} [{verdict.n}]")
+            return streamed[-1]
+
+        for piece in self.generator.stream(messages, config):
+            if "first_token_ms" not in timings:
+                timings["first_token_ms"] = (time.perf_counter() - started) * 1000
+            tokens += 1
+            buffer += piece
+            while match := ans.SENTENCE_BOUNDARY.search(buffer):
+                sentence, buffer = buffer[: match.end()], buffer[match.end() :]
+                if (out := judge(sentence)) is not None:
+                    yield out
+        tail = buffer.strip()
+        # A tail without final punctuation was cut off by the token limit: never shown.
+        if tail and tail.rstrip("]0123456789[ ,")[-1:] in ".!?":
+            if (out := judge(tail)) is not None:
+                yield out
+        elif tail:
+            dropped.append(tail)
+
+        if streamed:
+            text = "".join(streamed)
+            yield finish(text, True, "generated", evidence, tokens, dropped_sentences=dropped)
+            return
+        text = ans.extractive_answer(evidence)
+        yield text
+        yield finish(text, True, "extractive", evidence, tokens, dropped_sentences=dropped)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,16 @@ DEFAULT_MODEL = "smollm2-135m"
 def _default_dir(env: str, fallback: Path) -> Path:
     value = os.environ.get(env)
     return Path(value).expanduser() if value else fallback
+
+
+GATE_FILE = PACKAGE_DIR / "gate.json"
+
+
+def _calibrated_threshold() -> float:
+    try:
+        return float(json.loads(GATE_FILE.read_text(encoding="utf-8"))["threshold"])
+    except (OSError, ValueError, KeyError):
+        return 0.35  # used only until the first calibration has been committed
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,10 @@ class Settings:
     candidates: int = 30
     rrf_k: int = 60
     top_k: int = 5
+    # Answers: tokens the model may write, and the gate's threshold on the best passage's
+    # cosine similarity (calibrated on the eval set by `ftchat eval --calibrate`).
+    max_new_tokens: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_MAX_TOKENS", "120")))
+    gate_threshold: float = field(default_factory=lambda: _calibrated_threshold())
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
     max_question_chars: int = 2000
 

@@ -58,7 +58,7 @@ def read_text(path: Path) -> str:
 # --- Markdown -------------------------------------------------------------------------
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
 
 
 def parse_markdown(text: str, source: str, title: str) -> list[Section]:
@@ -67,7 +67,7 @@ def parse_markdown(text: str, source: str, title: str) -> list[Section]:
     stack: list[tuple[int, str]] = []
     body: list[str] = []
     body_start = 1
-    in_fence = False
+    fence = ""  # marker of the open code fence, "" outside one
 
     def flush() -> None:
         content = "\n".join(body).strip()
@@ -76,9 +76,14 @@ def parse_markdown(text: str, source: str, title: str) -> list[Section]:
             sections.append(Section(source, path, f"line {body_start}", content))
 
     for number, line in enumerate(text.splitlines(), start=1):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        match = None if in_fence else _HEADING.match(line)
+        fence_match = _FENCE.match(line)
+        if fence_match:
+            marker, rest = fence_match.groups()
+            if not fence:
+                fence = marker
+            elif marker[0] == fence[0] and len(marker) >= len(fence) and not rest.strip():
+                fence = ""  # CommonMark: closes only on the same character, at least as long
+        match = None if fence else _HEADING.match(line)
         if match and match.group(2).strip():
             flush()
             level = len(match.group(1))

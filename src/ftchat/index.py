@@ -247,7 +247,8 @@ class Index:
             with (folder / "chunks.jsonl").open(encoding="utf-8") as handle:
                 chunks = [Chunk.from_json(json.loads(line)) for line in handle if line.strip()]
             vectors = faiss.read_index(str(folder / "vectors.faiss"))
-            keyword = KeywordIndex.from_json(json.loads((folder / "keyword.json").read_text(encoding="utf-8")))
+            keyword_data = json.loads((folder / "keyword.json").read_text(encoding="utf-8"))
+            keyword = KeywordIndex.from_json(keyword_data)
         except IndexUnusable:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:

@@ -64,7 +64,8 @@ class Retriever:
 
         vector = self.embedder.encode([query])
         dense_scores, dense_ids = self.index.vectors.search(vector, depth)
-        dense_by_doc = {int(d): float(s) for d, s in zip(dense_ids[0], dense_scores[0]) if d >= 0}
+        pairs = zip(dense_ids[0], dense_scores[0], strict=True)
+        dense_by_doc = {int(d): float(s) for d, s in pairs if d >= 0}
         keyword_scores = self.index.keyword.scores(query)
         keyword_order = np.argsort(-keyword_scores, kind="stable")[:depth]
         keyword_ranked = [int(d) for d in keyword_order if keyword_scores[d] > 0]
@@ -78,7 +79,7 @@ class Retriever:
         missing_dense = [d for d in order if d not in dense_by_doc]
         if missing_dense:  # keyword-only hits still get a cosine score, for gating and display
             stored = np.stack([self.index.vectors.reconstruct(d) for d in missing_dense])
-            for d, s in zip(missing_dense, stored @ vector[0]):
+            for d, s in zip(missing_dense, stored @ vector[0], strict=True):
                 dense_by_doc[d] = float(s)
         return [
             Passage(
