@@ -30,6 +30,7 @@ SUPPORT_MAX_NOVELTY = 0.25
 EVIDENCE_WORD_BUDGET = 110
 EVIDENCE_MAX_SENTENCES = 4
 EVIDENCE_MAX_PASSAGES = 3
+NEAR_DUPLICATE = 0.85
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,17 @@ class EvidenceSet:
     def passages(self) -> dict[int, Passage]:
         return {e.n: e.passage for e in self.items}
 
+    @classmethod
+    def from_citations(cls, citations: list[Citation], embedder: Embedder) -> EvidenceSet:
+        """Rebuild the evidence an answer cites, to re-check the answer independently."""
+        items = [Evidence(c.n, c.passage, q, 0.0) for c in citations for q in c.quotes]
+        if not items:
+            return cls([], np.zeros((0, 1), dtype=np.float32), set())
+        vocabulary: set[str] = set()
+        for c in citations:
+            vocabulary |= set(tokenize(c.passage.chunk.text)) | set(tokenize(c.passage.chunk.title))
+        return cls(items, embedder.encode([e.sentence for e in items]), vocabulary)
+
     def numbered_sources(self) -> str:
         lines = []
         for n, passage in sorted(self.passages.items()):
@@ -197,6 +209,9 @@ def select_evidence(question: str, passages: list[Passage], embedder: Embedder) 
     for _, i in scored:
         length = len(candidates[i][2].split())
         if chosen and (words + length > EVIDENCE_WORD_BUDGET or len(chosen) >= EVIDENCE_MAX_SENTENCES):
+            continue
+        # Two sections often define a term in near-identical words; one copy is enough.
+        if any(float(vectors[i] @ vectors[j]) > NEAR_DUPLICATE for j in chosen):
             continue
         chosen.append(i)
         words += length
@@ -256,7 +271,7 @@ class Verdict:
 
 
 def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) -> Verdict:
-    cited = [int(x) for group in _MARKERS.findall(sentence) for x in group.split(",")]
+    cited = cited_numbers(sentence)
     text = _MARKERS.sub("", sentence).strip()
     text = re.sub(r"^(answer|according to the sources?)[:,]\s*", "", text, flags=re.IGNORECASE)
     terms = tokenize(text)
@@ -277,6 +292,21 @@ def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) ->
     return Verdict(supported, n, cosine, novelty, text)
 
 
+def cited_numbers(text: str) -> list[int]:
+    return [int(x) for group in _MARKERS.findall(text) for x in group.split(",")]
+
+
+def answer_sentences(text: str) -> list[str]:
+    """Split a final answer into its sentences, each keeping its citation markers."""
+    pieces, start = [], 0
+    for match in SENTENCE_BOUNDARY.finditer(text):
+        pieces.append(text[start : match.end()].strip())
+        start = match.end()
+    if text[start:].strip():
+        pieces.append(text[start:].strip())
+    return pieces
+
+
 def extractive_answer(evidence: EvidenceSet, max_sentences: int = 3) -> str:
     """The best evidence sentences, in reading order, each with its citation."""
     ranked = sorted(evidence.items, key=lambda e: -e.score)[:max_sentences]
@@ -285,7 +315,7 @@ def extractive_answer(evidence: EvidenceSet, max_sentences: int = 3) -> str:
 
 
 def citations_for(text: str, evidence: EvidenceSet) -> list[Citation]:
-    used = sorted({int(x) for group in _MARKERS.findall(text) for x in group.split(",")})
+    used = sorted(set(cited_numbers(text)))
     passages = evidence.passages
     return [
         Citation(n, passages[n], [e.sentence for e in evidence.items if e.n == n])

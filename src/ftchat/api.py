@@ -59,6 +59,7 @@ class Assistant:
     # Questions -------------------------------------------------------------------------
 
     def search(self, question: str, k: int | None = None) -> list[Passage]:
+        clean_question(question, self.settings)  # a bad question fails before any index work
         return self.retriever.search(question, k)
 
     def ask(self, question: str, history: list[str] | None = None, k: int | None = None) -> ans.Answer:

@@ -128,5 +128,161 @@ def search(question: str | None, k: int, as_json: bool, questions_file: Path | N
         click.echo(f"    {text[:300]}{'…' if len(text) > 300 else ''}\n")
 
 
+def _print_sources(answer) -> None:
+    if not answer.answerable:
+        return
+    for c in answer.citations:
+        click.secho(f"  [{c.n}] {c.passage.chunk.title}", bold=True)
+        click.secho(f"      {c.passage.chunk.source}, {c.passage.chunk.location}", dim=True)
+
+
+def _stream_answer(assistant, question: str, history: list[str], k: int | None):
+    """Print verified pieces as they arrive; return the final Answer."""
+    from .answer import Answer
+
+    for item in assistant.stream(question, history, k):
+        if isinstance(item, Answer):
+            click.echo()
+            _print_sources(item)
+            return item
+        click.echo(item, nl=False)
+    raise RuntimeError("the answer stream ended without an answer")
+
+
+@main.command()
+@click.argument("question", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per question.")
+@click.option("--model", default=None, help="Model preset, local folder or hub id (default: FTCHAT_MODEL).")
+@click.option("--k", default=None, type=click.IntRange(1, 50), help="Passages to retrieve (default 5).")
+@click.option(
+    "--questions",
+    "questions_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Answer every question in FILE (plain lines or JSONL); prints JSON Lines.",
+)
+def ask(question: str | None, as_json: bool, model: str | None, k: int | None,
+        questions_file: Path | None) -> None:
+    """Answer QUESTION from the guide, with citations [n] to its sections."""
+    from .api import Assistant
+
+    if question is None and questions_file is None:
+        raise click.UsageError("Give a QUESTION or --questions FILE.")
+    assistant = Assistant(_settings(model=model))
+    if questions_file is not None:
+        for q in read_questions(questions_file):
+            _print_json(assistant.ask(q, k=k).to_json())
+        return
+    if as_json:
+        _print_json(assistant.ask(question, k=k).to_json())
+        return
+    _stream_answer(assistant, question, [], k)
+
+
+@main.command()
+@click.option("--model", default=None, help="Model preset, local folder or hub id.")
+def chat(model: str | None) -> None:
+    """A conversation in the terminal; follow-up questions keep their context.
+
+    Type 'exit' or press Ctrl-D to leave, '/reset' to start a new conversation.
+    """
+    from .api import Assistant
+
+    assistant = Assistant(_settings(model=model))
+    index = assistant.index
+    click.echo(
+        f"ftchat: {len(index.manifest['files'])} documents, {len(index)} chunks; "
+        f"model {assistant.settings.model}. Ask about fine-tuning LLMs ('exit' to leave)."
+    )
+    history: list[str] = []
+    while True:
+        try:
+            question = click.prompt(click.style("you", bold=True), prompt_suffix="> ")
+        except (EOFError, click.Abort):
+            click.echo()
+            return
+        if question.strip().lower() in {"exit", "quit", "/exit"}:
+            return
+        if question.strip() == "/reset":
+            history = []
+            click.echo("(new conversation)")
+            continue
+        try:
+            _stream_answer(assistant, question, history, None)
+        except QuestionError as exc:
+            click.secho(str(exc), fg="red")
+            continue
+        history.append(question)
+
+
+@main.command(name="eval")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--retrieval-only", is_flag=True, help="Skip answering (fast: retrieval and gate only).")
+@click.option("--calibrate", is_flag=True, help="Recalibrate the gate threshold on FILE and save it.")
+@click.option("--model", default=None, help="Model preset, local folder or hub id.")
+def eval_command(file: Path | None, as_json: bool, retrieval_only: bool, calibrate: bool,
+                 model: str | None) -> None:
+    """Measure retrieval, the not-covered gate and answers on an eval set (JSONL).
+
+    Without FILE, runs the project's own eval set (eval/eval.jsonl).
+    """
+    from dataclasses import asdict
+
+    from . import evaluation as ev
+    from .api import Assistant
+
+    try:
+        rows = ev.load_rows(file or ev.DEFAULT_EVAL_FILE)
+    except ev.EvalFileError as exc:
+        raise click.ClickException(str(exc)) from exc
+    assistant = Assistant(_settings(model=model))
+    report: dict = {"eval_file": str(file or ev.DEFAULT_EVAL_FILE), "model": assistant.settings.model}
+    if calibrate:
+        report["gate"] = ev.calibrate(ev.gate_scores(assistant, rows))
+        ev.write_calibration(report["gate"])
+        assistant = Assistant(_settings(model=model))
+    report["retrieval"] = asdict(ev.evaluate_retrieval(assistant, rows))
+    if not retrieval_only:
+        report["answers"] = asdict(ev.evaluate_answers(assistant, rows))
+    if as_json:
+        _print_json(report)
+        return
+    r = report["retrieval"]
+    click.echo(f"Eval set: {report['eval_file']} ({len(rows)} questions), model {report['model']}")
+    click.echo("| metric | value |\n|---|---|")
+    click.echo(f"| retrieval recall@1 | {r['recall_at_1']:.3f} |")
+    click.echo(f"| retrieval recall@5 | {r['recall_at_5']:.3f} |")
+    click.echo(f"| retrieval MRR | {r['mrr']:.3f} |")
+    if "answers" in report:
+        a = report["answers"]
+        click.echo(f"| in-scope questions answered | {a['in_scope_answered']:.1%} |")
+        click.echo(f"| out-of-scope questions declined | {a['out_of_scope_declined']:.1%} |")
+        click.echo(f"| citation validity | {a['citation_validity']:.1%} |")
+        click.echo(f"| answer sentences supported by evidence | {a['support_rate']:.1%} |")
+        click.echo(f"| model sentences kept after verification | {a['model_sentences_kept']:.1%} |")
+        click.echo(f"| extractive fallback rate | {a['extractive_rate']:.1%} |")
+        click.echo(f"| first token, median | {a['first_token_ms_p50']:.0f} ms |")
+        click.echo(f"| answer time, median / p95 | {a['total_ms_p50']:.0f} / {a['total_ms_p95']:.0f} ms |")
+    for miss in r["misses"]:
+        click.echo(f"retrieval miss: {miss}", err=True)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1, or FTCHAT_HOST).")
+@click.option("--port", default=None, type=int, help="Port (default 7860, or FTCHAT_PORT).")
+@click.option("--auth", default=None, help="user:password required to use the page.")
+def serve(host: str | None, port: int | None, auth: str | None) -> None:
+    """Start the chat page (same as `python app.py`)."""
+    from .ui import launch
+
+    credentials = None
+    if auth:
+        user, _, password = auth.partition(":")
+        if not user or not password:
+            raise click.BadParameter("use --auth user:password", param_hint="--auth")
+        credentials = (user, password)
+    launch(_settings(), host=host, port=port, auth=credentials)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,7 +51,7 @@ class Settings:
     top_k: int = 5
     # Answers: tokens the model may write, and the gate's threshold on the best passage's
     # cosine similarity (calibrated on the eval set by `ftchat eval --calibrate`).
-    max_new_tokens: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_MAX_TOKENS", "120")))
+    max_new_tokens: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_MAX_TOKENS", "96")))
     gate_threshold: float = field(default_factory=lambda: _calibrated_threshold())
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
     max_question_chars: int = 2000

@@ -169,7 +169,7 @@ class _HTMLSections(HTMLParser):
         else:
             if not "".join(self.parts).strip():
                 self.start_line = self.getpos()[0]
-            self.parts.append(data)
+            self.parts.append(re.sub(r"\s+", " ", data))  # source line breaks are not paragraphs
 
     def _flush(self) -> None:
         paragraphs = [" ".join(p.split()) for p in "".join(self.parts).split("\n")]

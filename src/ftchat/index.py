@@ -234,7 +234,7 @@ class Index:
         pointer = index_dir / "CURRENT"
         if not pointer.is_file():
             raise IndexUnusable(f"no index in {index_dir}")
-        name = pointer.read_text(encoding="utf-8").strip()
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()  # garbage must not crash
         folder = index_dir / name
         if not re.fullmatch(r"v-[\w.-]+", name) or not folder.is_dir():
             raise IndexUnusable(f"{pointer} points to a missing version '{name}'")
@@ -367,6 +367,14 @@ def open_index(
     log.info("Building the index: %s", problem)
 
     with _build_lock(settings.index_dir):
+        # Another process may have finished the same build while this one waited.
+        if not rebuild and not add_sources:
+            try:
+                latest = Index.load(settings.index_dir)
+                if latest.staleness(sources, settings, settings.embedder) is None:
+                    return latest
+            except IndexUnusable:
+                pass
         index = Index.build(sources, get_embedder(settings.embedder), settings, extra, previous, progress)
         index.save(settings.index_dir)
     for warning in index.manifest["warnings"]:

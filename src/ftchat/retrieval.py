@@ -55,7 +55,7 @@ class Retriever:
         self.settings = settings
 
     def search(self, question: str, k: int | None = None) -> list[Passage]:
-        k = k or self.settings.top_k
+        k = self.settings.top_k if k is None else k
         if k < 1:
             raise QuestionError("k must be at least 1")
         query = clean_question(question, self.settings)

@@ -1,0 +1,222 @@
+"""The eval set: retrieval quality, the gate's calibration, and the quality of answers.
+
+Rows are JSON Lines: {"question", "expected_terms": [...], "answerable": bool} and an
+optional "history": [earlier questions] for follow-up questions. A passage "hits" when
+any expected term occurs in its title or text, case-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import answer as ans
+from .api import Assistant
+from .config import GATE_FILE, REPO_ROOT
+from .retrieval import Passage
+
+DEFAULT_EVAL_FILE = REPO_ROOT / "eval" / "eval.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    question: str
+    expected_terms: tuple[str, ...]
+    answerable: bool
+    history: tuple[str, ...] = ()
+
+
+class EvalFileError(ValueError):
+    pass
+
+
+def load_rows(path: Path = DEFAULT_EVAL_FILE) -> list[EvalRow]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            rows.append(
+                EvalRow(
+                    question=str(data["question"]),
+                    expected_terms=tuple(str(t) for t in data.get("expected_terms", [])),
+                    answerable=bool(data.get("answerable", True)),
+                    history=tuple(str(h) for h in data.get("history", [])),
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EvalFileError(f"{path}:{number}: not a valid eval row ({exc})") from exc
+    if not rows:
+        raise EvalFileError(f"{path} has no eval rows")
+    return rows
+
+
+def hits(passage: Passage, terms: tuple[str, ...]) -> bool:
+    haystack = f"{passage.chunk.title}\n{passage.chunk.text}".lower()
+    return any(term.lower() in haystack for term in terms)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- Retrieval --------------------------------------------------------------------------
+
+
+@dataclass
+class RetrievalReport:
+    questions: int
+    recall_at_1: float
+    recall_at_5: float
+    mrr: float
+    misses: list[str] = field(default_factory=list)
+
+
+def evaluate_retrieval(assistant: Assistant, rows: list[EvalRow], k: int = 5) -> RetrievalReport:
+    scored = [r for r in rows if r.answerable and r.expected_terms]
+    first_hits: list[int | None] = []
+    misses = []
+    for row in scored:
+        passages = assistant.search(ans.condense(row.question, list(row.history)), k)
+        rank = next((p.rank for p in passages if hits(p, row.expected_terms)), None)
+        first_hits.append(rank)
+        if rank is None:
+            misses.append(row.question)
+    n = max(len(scored), 1)
+    return RetrievalReport(
+        questions=len(scored),
+        recall_at_1=sum(1 for r in first_hits if r == 1) / n,
+        recall_at_5=sum(1 for r in first_hits if r is not None and r <= k) / n,
+        mrr=sum(1 / r for r in first_hits if r) / n,
+        misses=misses,
+    )
+
+
+# --- Gate calibration -------------------------------------------------------------------
+
+
+def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> list[tuple[float, bool]]:
+    """The gate's input (best cosine similarity) for each row, with whether it is in scope."""
+    result = []
+    for row in rows:
+        passages = assistant.search(ans.condense(row.question, list(row.history)))
+        result.append((max(p.dense for p in passages), row.answerable))
+    return result
+
+
+def calibrate(scores: list[tuple[float, bool]]) -> dict:
+    """The threshold that maximises the worse of in-scope and out-of-scope accuracy.
+
+    Among equally good thresholds, take the middle of the widest gap, so that a question
+    near the boundary is not decided by a hair.
+    """
+    inside = sorted(s for s, a in scores if a)
+    outside = sorted(s for s, a in scores if not a)
+    candidates = sorted({s for s, _ in scores})
+    best = None
+    for low, high in zip(candidates, candidates[1:] + [candidates[-1] + 0.02], strict=True):
+        t = (low + high) / 2
+        acc_in = sum(1 for s in inside if s >= t) / max(len(inside), 1)
+        acc_out = sum(1 for s in outside if s < t) / max(len(outside), 1)
+        key = (min(acc_in, acc_out), acc_in + acc_out, high - low)
+        if best is None or key > best[0]:
+            best = (key, t, acc_in, acc_out)
+    assert best is not None
+    _, threshold, acc_in, acc_out = best
+    return {
+        "threshold": round(threshold, 4),
+        "in_scope_accuracy": round(acc_in, 4),
+        "out_of_scope_accuracy": round(acc_out, 4),
+        "in_scope_questions": len(inside),
+        "out_of_scope_questions": len(outside),
+        "calibrated_at": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_calibration(result: dict, path: Path = GATE_FILE) -> None:
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+# --- Answers ----------------------------------------------------------------------------
+
+
+@dataclass
+class AnswerReport:
+    questions: int
+    in_scope_answered: float
+    out_of_scope_declined: float
+    citation_validity: float
+    support_rate: float
+    model_sentences_kept: float
+    extractive_rate: float
+    first_token_ms_p50: float
+    total_ms_p50: float
+    total_ms_p95: float
+    failures: list[dict] = field(default_factory=list)
+
+
+def citation_valid(answer: ans.Answer, terms: tuple[str, ...]) -> bool:
+    """Every [n] resolves to a citation, and some cited passage contains an expected term."""
+    numbers = {int(n) for n in ans.cited_numbers(answer.text)}
+    listed = {c.n for c in answer.citations}
+    if not numbers or not numbers <= listed:
+        return False
+    return not terms or any(hits(c.passage, terms) for c in answer.citations)
+
+
+def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
+    answered_in = declined_out = valid = cited_answers = 0
+    supported = sentences = kept = written = extractive = 0
+    first, total = [], []
+    failures = []
+    embedder = assistant.retriever.embedder
+    for row in rows:
+        answer = assistant.ask(row.question, list(row.history))
+        first.append(answer.timings["first_token_ms"])
+        total.append(answer.timings["total_ms"])
+        if row.answerable:
+            answered_in += answer.answerable
+        else:
+            declined_out += not answer.answerable
+        if answer.answerable != row.answerable:
+            failures.append({"question": row.question, "problem": "gate", "answer": answer.text})
+        if not answer.answerable:
+            continue
+        extractive += answer.mode == "extractive"
+        cited_answers += 1
+        if citation_valid(answer, row.expected_terms if row.answerable else ()):
+            valid += 1
+        else:
+            failures.append({"question": row.question, "problem": "citation", "answer": answer.text})
+        evidence = ans.EvidenceSet.from_citations(answer.citations, embedder)
+        for sentence in ans.answer_sentences(answer.text):
+            sentences += 1
+            supported += ans.verify_sentence(sentence, evidence, embedder).supported
+        if answer.mode == "generated":
+            kept_here = len(ans.answer_sentences(answer.text))
+            kept += kept_here
+            written += kept_here + len(answer.dropped_sentences)
+        else:
+            written += len(answer.dropped_sentences)
+    n_in = sum(1 for r in rows if r.answerable)
+    n_out = len(rows) - n_in
+    return AnswerReport(
+        questions=len(rows),
+        in_scope_answered=answered_in / max(n_in, 1),
+        out_of_scope_declined=declined_out / max(n_out, 1),
+        citation_validity=valid / max(cited_answers, 1),
+        support_rate=supported / max(sentences, 1),
+        model_sentences_kept=kept / max(written, 1),
+        extractive_rate=extractive / max(cited_answers, 1),
+        first_token_ms_p50=statistics.median(first) if first else 0.0,
+        total_ms_p50=statistics.median(total) if total else 0.0,
+        total_ms_p95=_percentile(total, 0.95),
+        failures=failures,
+    )

@@ -1,0 +1,51 @@
+"""Fixtures over the real guide (corpus/) with a real index in a temporary folder.
+
+Imported by conftest.py so that the answer, CLI and UI tests share one index build and
+one model load per test session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftchat.api import Assistant
+from ftchat.config import REPO_ROOT, Settings
+from ftchat.index import open_index
+
+# The dequantized model cache is shared with the user's: building it costs ~20 s once,
+# and it is verified by checksum on every load.
+MODEL_CACHE = Settings().cache_dir
+
+
+@pytest.fixture(scope="session")
+def guide_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = Settings(
+        corpus_dir=REPO_ROOT / "corpus",
+        index_dir=tmp_path_factory.mktemp("guide-index"),
+        cache_dir=MODEL_CACHE,
+    )
+    open_index(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def assistant(guide_settings: Settings) -> Assistant:
+    return Assistant(guide_settings)
+
+
+def guide_env(settings: Settings) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env.update(
+        FTCHAT_CORPUS_DIR=str(settings.corpus_dir),
+        FTCHAT_INDEX_DIR=str(settings.index_dir),
+        FTCHAT_CACHE_DIR=str(settings.cache_dir),
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+FTCHAT = Path(REPO_ROOT) / ".venv" / "bin" / "ftchat"
