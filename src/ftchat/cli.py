@@ -271,7 +271,8 @@ def eval_command(file: Path | None, as_json: bool, retrieval_only: bool, calibra
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1, or FTCHAT_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default 7860, or FTCHAT_PORT).")
 @click.option("--auth", default=None, help="user:password required to use the page.")
-def serve(host: str | None, port: int | None, auth: str | None) -> None:
+@click.option("--share", is_flag=True, help="Also open a public Gradio share link (off by default).")
+def serve(host: str | None, port: int | None, auth: str | None, share: bool) -> None:
     """Start the chat page (same as `python app.py`)."""
     from .ui import launch
 
@@ -281,7 +282,7 @@ def serve(host: str | None, port: int | None, auth: str | None) -> None:
         if not user or not password:
             raise click.BadParameter("use --auth user:password", param_hint="--auth")
         credentials = (user, password)
-    launch(_settings(), host=host, port=port, auth=credentials)
+    launch(_settings(), host=host, port=port, auth=credentials, share=share)
 
 
 if __name__ == "__main__":

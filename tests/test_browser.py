@@ -1,0 +1,169 @@
+"""The page in a real browser: Debian's Chromium driven by Playwright.
+
+Asks an in-scope and an out-of-scope question, follows a citation into the sources
+panel, uploads a Markdown file about a made-up topic and asks about it. Screenshots go
+to tests/artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from test_ui import running_app, stop_app  # the same app process for the whole session
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ANSWER_TIMEOUT_MS = 90_000
+
+ZORBLAX_MD = """\
+# Zorblax tuning
+
+## What Zorblax tuning is
+
+Zorblax tuning is a made-up fine-tuning method that adjusts only the zorblax layers of a
+language model with purple gradients. It exists only to test document uploads in ftchat.
+"""
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path_factory.getbasetemp() / "ftchat-app"
+    root.mkdir(exist_ok=True)
+    url = running_app(root)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                      permissions=["clipboard-read", "clipboard-write"])
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("#ft-question textarea")
+        page.errors = errors
+        yield page
+        browser.close()
+    stop_app()
+
+
+def ask(page, question: str) -> None:
+    bots_before = page.locator("#ft-chat .message.bot").count()
+    page.fill("#ft-question textarea", question)
+    page.click("#ft-send")
+    page.wait_for_function(
+        """(n) => document.querySelectorAll('#ft-chat .message.bot').length > n""",
+        arg=bots_before, timeout=ANSWER_TIMEOUT_MS,
+    )
+    wait_until_answered(page)
+
+
+def wait_until_answered(page) -> None:
+    # Streaming shows a cursor ▍ and status notes; the final answer has neither.
+    page.wait_for_function(
+        """() => {
+            const bots = document.querySelectorAll('#ft-chat .message.bot');
+            if (!bots.length) return false;
+            const text = bots[bots.length - 1].innerText;
+            const busy = /▍|Waiting for my turn|Searching the guide|Writing an answer|still loading|…$/;
+            return !busy.test(text.trim());
+        }""",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+
+
+def last_answer(page) -> str:
+    return page.locator("#ft-chat .message.bot").last.inner_text()
+
+
+def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
+    ask(page, "What is QLoRA?")
+    answer = last_answer(page)
+    assert re.search(r"\[\d+\]", answer), answer
+    cites = page.locator("#ft-chat .message.bot").last.locator("a.cite")
+    assert cites.count() >= 1
+    target = cites.first.get_attribute("href")
+    assert target and target.startswith("#src-")
+    card = page.locator(target)
+    assert card.count() == 1
+    # The card shows the heading path, file and line, score, and highlighted evidence.
+    assert "›" in card.locator(".src-head").inner_text()
+    meta = card.locator(".src-meta").inner_text()
+    assert re.search(r"corpus/\S+\.md · line \d+", meta) and "similarity" in meta
+    assert card.locator(".src-text mark").count() >= 1
+    cites.first.click()
+    page.wait_for_selector(f"{target}.flash", timeout=5000)
+
+    # Copy gives plain text: the [n] markers without the link markup.
+    copy = page.locator("#ft-chat button[aria-label='Copy message']").last
+    copy.click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert re.search(r"\[\d+\]", copied) and "<a" not in copied, copied
+
+    # The toggle adds the retrieved passages that were not cited.
+    cards_before = page.locator("#ft-sources details[open] .src-card").count()
+    page.click("#ft-show-all input")
+    page.wait_for_function(
+        "(n) => document.querySelectorAll('#ft-sources details[open] .src-card').length > n",
+        arg=cards_before, timeout=10_000,
+    )
+    page.screenshot(path=str(ARTIFACTS / "browser-in-scope.png"))
+    page.click("#ft-show-all input")
+
+
+def test_out_of_scope_question_offers_closest_sections(page):
+    ask(page, "What is the capital of France?")
+    assert "doesn't cover" in last_answer(page)
+    assert page.locator("#ft-sources details[open] .src-card").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "browser-out-of-scope.png"))
+    # One click on a closest section asks about it.
+    bots = page.locator("#ft-chat .message.bot").count()
+    page.locator("#ft-chat button.option").first.click()
+    page.wait_for_function(
+        "(n) => document.querySelectorAll('#ft-chat .message.bot').length > n",
+        arg=bots, timeout=ANSWER_TIMEOUT_MS,
+    )
+    wait_until_answered(page)
+    assert "Tell me about" in page.locator("#ft-chat .message.user").last.inner_text()
+
+
+def test_upload_a_document_and_ask_about_it(page, tmp_path):
+    good = tmp_path / "zorblax notes.md"
+    good.write_text(ZORBLAX_MD, encoding="utf-8")
+    fake = tmp_path / "fake.pdf"
+    fake.write_text("This is not really a PDF.", encoding="utf-8")
+
+    page.click("#ft-upload button.label-wrap, #ft-upload > button")
+    page.set_input_files("#ft-files input[type=file]", [str(good), str(fake)])
+    page.click("#ft-add")
+    page.wait_for_function(
+        "() => /Added zorblax notes\\.md/.test(document.querySelector('#ft-upload-result').innerText)",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    result = page.locator("#ft-upload-result").inner_text()
+    assert "zorblax_notes.md" in result
+    assert re.search(r"Rejected fake\.pdf:.*not a PDF", result), result
+    page.screenshot(path=str(ARTIFACTS / "browser-upload.png"))
+
+    ask(page, "What is Zorblax tuning?")
+    answer = last_answer(page)
+    assert "Zorblax" in answer and re.search(r"\[\d+\]", answer), answer
+    card = page.locator("#ft-sources details[open] .src-card").first
+    assert "uploads/zorblax_notes.md" in card.locator(".src-meta").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "browser-upload-answer.png"), full_page=True)
+    assert not page.errors, page.errors
