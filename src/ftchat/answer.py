@@ -24,8 +24,16 @@ NOT_COVERED = "The guide doesn't cover that."
 
 # A model sentence counts as supported when it is close in meaning to one evidence
 # sentence and brings in almost no content words that the evidence and question lack.
-SUPPORT_MIN_COSINE = 0.55
-SUPPORT_MAX_NOVELTY = 0.25
+SUPPORT_MIN_COSINE = 0.6
+SUPPORT_MAX_NOVELTY = 0.0
+# Words a faithful paraphrase may add without adding a claim.
+_GENERIC_WORDS = frozenset(
+    tokenize(
+        "also allows allow lets let helps help makes make way ways method technique approach "
+        "used uses useful important key main called known means mean both each one two "
+        "during because often however therefore thus same kind"
+    )
+)
 
 EVIDENCE_WORD_BUDGET = 110
 EVIDENCE_MAX_SENTENCES = 4
@@ -119,9 +127,18 @@ def condense(question: str, history: list[str]) -> str:
 # --- Gate ---------------------------------------------------------------------------------
 
 
-def is_covered(passages: list[Passage], threshold: float) -> bool:
-    """Answerable when the best passage is close enough in meaning to the question."""
-    return bool(passages) and max(p.dense for p in passages) >= threshold
+def is_covered(passages: list[Passage], threshold: float, rare_title_terms: set[str]) -> bool:
+    """Answerable when the best passage is close enough in meaning to the question, or
+    when the question names a rare term that heads one of the top sections.
+
+    The second rule is for acronyms the embedder never learned ("what is LLRD?"): their
+    cosine similarity is low, yet a section titled with the exact term clearly covers them.
+    """
+    if not passages:
+        return False
+    if max(p.dense for p in passages) >= threshold:
+        return True
+    return any(set(tokenize(p.chunk.title)) & rare_title_terms for p in passages[:3])
 
 
 def closest_sections(passages: list[Passage], limit: int = 3) -> list[Passage]:
@@ -150,25 +167,29 @@ def declined_text(passages: list[Passage]) -> str:
 class EvidenceSet:
     """The few sentences an answer may use, numbered by the passage they come from."""
 
-    def __init__(self, items: list[Evidence], vectors: np.ndarray, vocabulary: set[str]) -> None:
+    def __init__(self, items: list[Evidence], vectors: np.ndarray, question_terms: set[str]) -> None:
         self.items = items
         self.vectors = vectors
-        self.vocabulary = vocabulary
+        self.question_terms = question_terms
+
+    def vocabulary_for(self, n: int) -> set[str]:
+        words = set(self.question_terms)
+        for e in self.items:
+            if e.n == n:
+                words |= set(tokenize(e.sentence)) | set(tokenize(e.passage.chunk.title))
+        return words
 
     @property
     def passages(self) -> dict[int, Passage]:
         return {e.n: e.passage for e in self.items}
 
     @classmethod
-    def from_citations(cls, citations: list[Citation], embedder: Embedder) -> EvidenceSet:
+    def from_citations(cls, citations: list[Citation], embedder: Embedder, question: str) -> EvidenceSet:
         """Rebuild the evidence an answer cites, to re-check the answer independently."""
         items = [Evidence(c.n, c.passage, q, 0.0) for c in citations for q in c.quotes]
         if not items:
             return cls([], np.zeros((0, 1), dtype=np.float32), set())
-        vocabulary: set[str] = set()
-        for c in citations:
-            vocabulary |= set(tokenize(c.passage.chunk.text)) | set(tokenize(c.passage.chunk.title))
-        return cls(items, embedder.encode([e.sentence for e in items]), vocabulary)
+        return cls(items, embedder.encode([e.sentence for e in items]), set(tokenize(question)))
 
     def numbered_sources(self) -> str:
         lines = []
@@ -199,8 +220,10 @@ def select_evidence(question: str, passages: list[Passage], embedder: Embedder) 
         overlap = len(terms & question_terms) / max(len(question_terms), 1)
         # Opening sentences of a section usually define its term: a small nudge for them,
         # and for passages that ranked higher.
-        score = float(vectors[i] @ query_vector) + 0.15 * overlap + (0.05 if position == 0 else 0.0)
+        score = float(vectors[i] @ query_vector) + 0.15 * overlap + (0.08 if position == 0 else 0.0)
         score -= 0.02 * (passage.rank - 1)
+        # Code-heavy sentences (config snippets) read badly as an answer's opening.
+        score -= 0.1 * min(sentence.count("`") // 2, 3)
         scored.append((score, i))
     scored.sort(reverse=True)
 
@@ -226,11 +249,7 @@ def select_evidence(question: str, passages: list[Passage], embedder: Embedder) 
         Evidence(numbers[candidates[i][0].chunk.id], candidates[i][0], candidates[i][2], score_of[i])
         for i in chosen
     ]
-    vocabulary = set(question_terms)
-    for item in items:
-        vocabulary |= set(tokenize(item.passage.chunk.text))
-        vocabulary |= set(tokenize(item.passage.chunk.title))
-    return EvidenceSet(items, vectors[chosen], vocabulary)
+    return EvidenceSet(items, vectors[chosen], question_terms)
 
 
 # --- Prompt -------------------------------------------------------------------------------
@@ -277,10 +296,13 @@ def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) ->
     terms = tokenize(text)
     if not evidence.items or len(text.split()) < 3 or not terms:
         return Verdict(False, 0, 0.0, 1.0, text)
-    novelty = sum(1 for t in terms if t not in evidence.vocabulary) / len(terms)
     sims = evidence.vectors @ embedder.encode([text])[0]
     best = int(np.argmax(sims))
     n = evidence.items[best].n
+    # Content words must come from the evidence of the matched source (or the question):
+    # a small model's typical error is one swapped word ("QLoRA is a library ...").
+    allowed = evidence.vocabulary_for(n) | _GENERIC_WORDS
+    novelty = sum(1 for t in terms if t not in allowed) / len(terms)
     # Keep the model's own citation when its source supports the sentence almost as well.
     for c in cited:
         own = [float(sims[i]) for i, e in enumerate(evidence.items) if e.n == c]

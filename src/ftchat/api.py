@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from . import answer as ans
 from .config import Settings
 from .embedding import get_embedder
-from .generation import GenerationConfig, Generator, get_generator
+from .generation import GenerationConfig, Generator, generator_is_loaded, get_generator
 from .index import Index, open_index
 from .retrieval import Passage, Retriever, clean_question
 
@@ -52,6 +52,9 @@ class Assistant:
     def generator(self) -> Generator:
         return get_generator(self.settings.model, self.settings.cache_dir)
 
+    def generator_loaded(self) -> bool:
+        return generator_is_loaded(self.settings.model, self.settings.cache_dir)
+
     def reload(self, index: Index) -> None:
         with self._lock:
             self._index, self._retriever = index, None
@@ -74,12 +77,18 @@ class Assistant:
         self, question: str, history: list[str] | None = None, k: int | None = None
     ) -> Iterator[str | ans.Answer]:
         """Yield pieces of the answer as they are verified, then the final Answer."""
-        started = time.perf_counter()
         question = clean_question(question, self.settings)
-        query = ans.condense(question, history or [])
+        # Loading the index and models is start-up work, reported apart from the question's own.
+        loading = time.perf_counter()
         retriever = self.retriever
+        retriever.embedder.model  # noqa: B018 - loads it now
+        timings = {}
+        if (load_ms := (time.perf_counter() - loading) * 1000) > 50:
+            timings["load_ms"] = load_ms
+        started = time.perf_counter()
+        query = ans.condense(question, history or [])
         passages = retriever.search(query, k or self.settings.top_k)
-        timings = {"retrieve_ms": (time.perf_counter() - started) * 1000}
+        timings["retrieve_ms"] = (time.perf_counter() - started) * 1000
 
         def finish(text: str, answerable: bool, mode: str, evidence, tokens: int = 0, **extra):
             timings.setdefault("first_token_ms", (time.perf_counter() - started) * 1000)
@@ -90,7 +99,7 @@ class Assistant:
                 timings, tokens, mode, query, **extra,
             )
 
-        if not ans.is_covered(passages, self.settings.gate_threshold):
+        if not ans.is_covered(passages, self.settings.gate_threshold, retriever.rare_terms(query)):
             text = ans.declined_text(passages)
             yield text
             passages = ans.closest_sections(passages)
@@ -98,6 +107,11 @@ class Assistant:
             return
 
         embedder = retriever.embedder
+        if not self.generator_loaded():
+            loading = time.perf_counter()
+            self.generator  # noqa: B018 - loads it now
+            timings["load_ms"] = timings.get("load_ms", 0.0) + (time.perf_counter() - loading) * 1000
+            started += (time.perf_counter() - loading)
         evidence = ans.select_evidence(query, passages, embedder)
         context = history[-1] if history and query != question else None
         messages = ans.build_messages(question, evidence, context)

@@ -103,11 +103,18 @@ def evaluate_retrieval(assistant: Assistant, rows: list[EvalRow], k: int = 5) ->
 
 
 def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> list[tuple[float, bool]]:
-    """The gate's input (best cosine similarity) for each row, with whether it is in scope."""
+    """The gate's input (best cosine similarity, or 2.0 when a rare term decides) for each
+    row, with whether the row is in scope."""
     result = []
+    retriever = assistant.retriever
     for row in rows:
-        passages = assistant.search(ans.condense(row.question, list(row.history)))
-        result.append((max(p.dense for p in passages), row.answerable))
+        query = ans.condense(row.question, list(row.history))
+        passages = assistant.search(query)
+        # A question naming a rare section term is covered whatever the threshold.
+        score = max(p.dense for p in passages)
+        if ans.is_covered(passages, 2.0, retriever.rare_terms(query)):
+            score = 2.0
+        result.append((score, row.answerable))
     return result
 
 
@@ -119,7 +126,7 @@ def calibrate(scores: list[tuple[float, bool]]) -> dict:
     """
     inside = sorted(s for s, a in scores if a)
     outside = sorted(s for s, a in scores if not a)
-    candidates = sorted({s for s, _ in scores})
+    candidates = sorted({s for s, _ in scores if s <= 1.0})
     best = None
     for low, high in zip(candidates, candidates[1:] + [candidates[-1] + 0.02], strict=True):
         t = (low + high) / 2
@@ -195,7 +202,7 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
             valid += 1
         else:
             failures.append({"question": row.question, "problem": "citation", "answer": answer.text})
-        evidence = ans.EvidenceSet.from_citations(answer.citations, embedder)
+        evidence = ans.EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
         for sentence in ans.answer_sentences(answer.text):
             sentences += 1
             supported += ans.verify_sentence(sentence, evidence, embedder).supported

@@ -231,3 +231,8 @@ def get_generator(name: str, cache_dir: Path) -> Generator:
         if key not in _CACHE:
             _CACHE[key] = load_generator(name, cache_dir)
         return _CACHE[key]
+
+
+def generator_is_loaded(name: str, cache_dir: Path) -> bool:
+    with _CACHE_LOCK:
+        return (name, str(cache_dir)) in _CACHE

@@ -10,7 +10,7 @@ import numpy as np
 from .chunking import Chunk
 from .config import Settings
 from .embedding import Embedder
-from .index import Index
+from .index import Index, tokenize
 
 
 class QuestionError(ValueError):
@@ -91,6 +91,15 @@ class Retriever:
             )
             for rank, d in enumerate(order, start=1)
         ]
+
+    def rare_terms(self, question: str) -> set[str]:
+        """Question words that occur in only a few chunks (names, acronyms), not stop words."""
+        postings = self.index.keyword.postings
+        limit = max(3, len(self.index) // 100)
+        return {
+            t for t in tokenize(question)
+            if len(t) >= 3 and not t.isdigit() and 0 < len(postings.get(t, ())) <= limit
+        }
 
     def timed_search(self, question: str, k: int | None = None) -> tuple[list[Passage], float]:
         started = time.perf_counter()
