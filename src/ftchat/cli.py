@@ -53,6 +53,10 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from exc
         except PermissionError as exc:
             raise click.ClickException(f"Permission denied: {exc.filename} ({exc.strerror})") from exc
+        except OSError as exc:  # a folder that is not writable, a path through a file, a full disk
+            if exc.filename is None:
+                raise
+            raise click.ClickException(f"Cannot use {exc.filename}: {exc.strerror}") from exc
 
 
 @click.group(cls=_Group)
@@ -86,14 +90,22 @@ def index(sources: tuple[Path, ...], rebuild: bool) -> None:
     from .index import open_index
 
     logging.getLogger("ftchat").setLevel(logging.INFO)
+    previous_build = _current_build(_settings())
     built = open_index(_settings(), add_sources=list(sources), rebuild=rebuild, progress=True)
     m = built.manifest
     click.echo(
         f"Index: {len(m['files'])} documents, {m['chunks']} chunks, embedder {m['embedder']} "
         f"({m['embedded']} chunks embedded, built {m['built_at']}) in {built.path}"
     )
-    for warning in m.get("warnings", []):
-        click.echo(f"warning: {warning}", err=True)
+    if built.path is not None and built.path.name == previous_build:
+        # Not rebuilt now, so the build's warnings were not logged above: repeat them.
+        for warning in m.get("warnings", []):
+            click.echo(f"warning: {warning}", err=True)
+
+
+def _current_build(settings: Settings) -> str | None:
+    pointer = settings.index_dir / "CURRENT"
+    return pointer.read_text(encoding="utf-8", errors="replace").strip() if pointer.is_file() else None
 
 
 @main.command()
@@ -270,19 +282,49 @@ def eval_command(file: Path | None, as_json: bool, retrieval_only: bool, calibra
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1, or FTCHAT_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default 7860, or FTCHAT_PORT).")
-@click.option("--auth", default=None, help="user:password required to use the page.")
+@click.option("--auth", default=None, envvar="FTCHAT_AUTH", show_envvar=True,
+              help="user:password required to use the page and its API.")
 @click.option("--share", is_flag=True, help="Also open a public Gradio share link (off by default).")
 def serve(host: str | None, port: int | None, auth: str | None, share: bool) -> None:
-    """Start the chat page (same as `python app.py`)."""
-    from .ui import launch
+    """Start the chat page (same as `python app.py`).
+
+    Binds 127.0.0.1 unless told otherwise; binding another address (or --share) without
+    --auth prints a loud warning.
+    """
+    from .ui import launch, parse_auth
 
     credentials = None
     if auth:
-        user, _, password = auth.partition(":")
-        if not user or not password:
-            raise click.BadParameter("use --auth user:password", param_hint="--auth")
-        credentials = (user, password)
+        try:
+            credentials = parse_auth(auth)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--auth / FTCHAT_AUTH") from exc
     launch(_settings(), host=host, port=port, auth=credentials, share=share)
+
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+@click.option("--write", "write_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the JSON results to PATH.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the Markdown table to PATH (the README shows bench/results.md).")
+@click.option("--quick", is_flag=True, help="Fewer repeats and no slow baselines (same keys, for tests).")
+def bench(as_json: bool, write_path: Path | None, markdown_path: Path | None, quick: bool) -> None:
+    """Measure speed and memory on this machine, next to a naive baseline (~5 min).
+
+    Retrieval, first token, answer time, decoding and prefill speed (and the memory
+    bandwidth bound), cold starts, peak memory and index builds. Progress goes to stderr.
+    """
+    from . import bench as benchmark
+
+    result = benchmark.run(_settings(), quick=quick)
+    if write_path is not None or markdown_path is not None:
+        benchmark.write(result, write_path or markdown_path.with_suffix(".json"), markdown_path)
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(benchmark.markdown(result))
 
 
 if __name__ == "__main__":

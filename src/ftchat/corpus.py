@@ -34,7 +34,7 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
-        log.warning(message)
+        # Logged once by whoever builds the index, and kept in its manifest.
         self.warnings.append(message)
 
 

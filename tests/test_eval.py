@@ -1,0 +1,80 @@
+"""Floors on the project's own eval set, measured with the real index, embedder and model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from guide_fixtures import FTCHAT, guide_env
+
+from ftchat import evaluation as ev
+
+ROWS = ev.load_rows()
+
+
+def test_eval_set_has_the_promised_shape() -> None:
+    answerable = [r for r in ROWS if r.answerable]
+    assert len(ROWS) >= 95 and len(answerable) >= 80
+    assert len(ROWS) - len(answerable) >= 15
+    assert any(r.history for r in ROWS), "follow-up questions with history"
+    assert all(r.expected_terms for r in answerable)
+
+
+def test_retrieval_recall_at_5_on_the_eval_set(assistant) -> None:
+    report = ev.evaluate_retrieval(assistant, ROWS)
+    assert report.recall_at_5 >= 0.90, report.misses
+    assert report.mrr >= 0.75
+
+
+def test_gate_floors_with_the_committed_threshold(assistant) -> None:
+    threshold = assistant.settings.gate_threshold
+    scores = ev.gate_scores(assistant, ROWS)
+    inside = [s >= threshold for s, answerable in scores if answerable]
+    outside = [s < threshold for s, answerable in scores if not answerable]
+    assert sum(inside) / len(inside) >= 0.90
+    assert sum(outside) / len(outside) >= 0.90
+
+
+def test_calibration_separates_in_and_out_of_scope() -> None:
+    scores = [(0.2, False), (0.25, False), (0.5, True), (0.6, True), (2.0, True)]
+    result = ev.calibrate(scores)
+    assert 0.25 < result["threshold"] < 0.5
+    assert result["in_scope_accuracy"] == 1.0 and result["out_of_scope_accuracy"] == 1.0
+
+
+@pytest.mark.slow
+def test_answer_floors_on_a_fixed_sample(assistant) -> None:
+    # Every fourth in-scope question (generation costs seconds each) and every out-of-scope one.
+    inside = [r for r in ROWS if r.answerable][::4]
+    outside = [r for r in ROWS if not r.answerable]
+    report = ev.evaluate_answers(assistant, inside + outside)
+    assert report.in_scope_answered >= 0.90, report.failures
+    assert report.out_of_scope_declined >= 0.90, report.failures
+    assert report.citation_validity >= 0.95, report.failures
+    assert report.support_rate >= 0.95
+
+
+def test_eval_cli_on_a_user_file(guide_settings, tmp_path) -> None:
+    rows = tmp_path / "mine.jsonl"
+    rows.write_text(
+        '{"question": "How do I oversample a rare class?", "expected_terms": ["SMOTE"], "answerable": true}\n'
+        '{"question": "Who painted the Mona Lisa?", "expected_terms": [], "answerable": false}\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [str(FTCHAT), "eval", str(rows), "--json", "--retrieval-only"],
+        capture_output=True, text=True, env=guide_env(guide_settings), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["retrieval"]["questions"] == 1
+    assert report["retrieval"]["recall_at_5"] == 1.0
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"expected_terms": []}\n', encoding="utf-8")
+    bad = subprocess.run(
+        [str(FTCHAT), "eval", str(broken)],
+        capture_output=True, text=True, env=guide_env(guide_settings), timeout=120,
+    )
+    assert bad.returncode != 0 and "broken.jsonl:1" in bad.stderr and "Traceback" not in bad.stderr
