@@ -199,6 +199,25 @@ class EvidenceSet:
         return "\n".join(lines)
 
 
+# Sentences that address the assistant instead of informing the reader ("ignore previous
+# instructions", "SYSTEM: ...", "from now on you are ..."): a document may contain them, but
+# they are never evidence, so they can reach neither the prompt nor an extractive answer.
+_INSTRUCTION = re.compile(
+    r"\b(ignore|disregard|forget|override)\b[^.]{0,60}?\b(instructions?|prompts?|rules?|guide|sources?|above|"
+    r"previous|everything)\b"
+    r"|\b(system prompt|you are now|from now on|reply only|respond only|answer every question|"
+    r"new (rules?|instructions?)|instructions? for the (ai|assistant|model)|developer mode|jailbreak|"
+    r"act as (if|an? (ai|assistant|model))|respond as|every answer (with|by)|pretend (to be|you are))\b"
+    r"|^\W*(system|assistant|user|developer)\s*:"
+    r"|<\s*/?\s*(sources|system|inst)\b|\[/?INST\]|<!--",
+    re.IGNORECASE,
+)
+
+
+def is_instruction(sentence: str) -> bool:
+    return bool(_INSTRUCTION.search(sentence))
+
+
 def select_evidence(question: str, passages: list[Passage], embedder: Embedder) -> EvidenceSet:
     if not passages:
         return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
@@ -207,7 +226,7 @@ def select_evidence(question: str, passages: list[Passage], embedder: Embedder) 
     candidates: list[tuple[Passage, int, str]] = []
     for passage in usable:
         for position, sentence in enumerate(split_sentences(passage.chunk.text)):
-            if len(sentence.split()) >= 4:
+            if len(sentence.split()) >= 4 and not is_instruction(sentence):
                 candidates.append((passage, position, sentence))
     if not candidates:
         return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
@@ -263,11 +282,20 @@ SYSTEM_PROMPT = (
 )
 
 
+_DELIMITER = re.compile(r"<\s*(/?)\s*sources\s*>", re.IGNORECASE)
+
+
+def as_data(text: str) -> str:
+    """Untrusted text with any <sources>/</sources> tag defused, so a document or a question
+    can never close the data block early and continue as if it were the prompt."""
+    return _DELIMITER.sub(lambda m: f"‹{m.group(1)}sources›", text)
+
+
 def build_messages(question: str, evidence: EvidenceSet, context: str | None = None) -> list[dict]:
-    earlier = f"(Earlier in the conversation: {context})\n" if context else ""
+    earlier = f"(Earlier in the conversation: {as_data(context)})\n" if context else ""
     user = (
-        f"<sources>\n{evidence.numbered_sources()}\n</sources>\n\n"
-        f"{earlier}Question: {question.strip()}"
+        f"<sources>\n{as_data(evidence.numbered_sources())}\n</sources>\n\n"
+        f"{earlier}Question: {as_data(question.strip())}"
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
@@ -276,8 +304,9 @@ def build_messages(question: str, evidence: EvidenceSet, context: str | None = N
 
 _MARKERS = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 # End of a sentence: terminal punctuation, optional citation markers, then white space
-# before something that starts a new sentence.
-SENTENCE_BOUNDARY = re.compile(r"[.!?](?:\s*\[\d+(?:\s*,\s*\d+)*\])*\s+(?=[A-Z\[(\"'0-9])")
+# before something that starts a new sentence. The markers are taken possessively, so a
+# final "sentence. [3]" is never split into "sentence." and a bare "[3]".
+SENTENCE_BOUNDARY = re.compile(r"[.!?](?:\s*\[\d+(?:\s*,\s*\d+)*\])*+\s+(?=[A-Z\[(\"'0-9])")
 
 
 @dataclass

@@ -240,6 +240,9 @@ class Index:
             raise IndexUnusable(f"{pointer} points to a missing version '{name}'")
         try:
             manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IndexUnusable(f"{folder / 'manifest.json'} is unreadable ({type(exc).__name__})") from exc
+        try:
             for artifact in ARTIFACTS:
                 expected = manifest["artifacts"][artifact]
                 if sha256_file(folder / artifact) != expected:
@@ -343,6 +346,9 @@ def open_index(
         previous = Index.load(settings.index_dir)
     except IndexUnusable as exc:
         problem = str(exc)
+        # There was an index (a pointer or a version folder), and it is damaged: say so.
+        if (settings.index_dir / "CURRENT").exists() or any(settings.index_dir.glob("v-*")):
+            log.warning("The index is unusable and will be rebuilt: %s", problem)
 
     extra = list(previous.manifest.get("extra_sources", [])) if previous else []
     for path in add_sources or []:

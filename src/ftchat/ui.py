@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time
 import unicodedata
@@ -289,14 +290,19 @@ class ChatApp:
         lines: list[str] = []
         accepted: list[tuple[str, Path]] = []
         for i, path in enumerate(paths):
-            original = Path(path).name
+            original = display_name(Path(path).name)
             if progress:
                 progress((i + 0.5) / (len(paths) + 2), desc=f"Checking {original}")
             problem = check_upload(Path(path))
             if problem:
                 lines.append(f"**Rejected {html.escape(original)}:** {problem}")
                 continue
-            dest, duplicate = place_upload(Path(path), uploads)
+            try:
+                dest, duplicate = place_upload(Path(path), uploads)
+            except (OSError, ValueError) as exc:
+                lines.append(f"**Rejected {html.escape(original)}:** could not be stored "
+                             f"({html.escape(str(exc))})")
+                continue
             if duplicate:
                 lines.append(f"**{html.escape(original)}** is already in the index (as {dest.name}).")
                 continue
@@ -310,6 +316,7 @@ class ChatApp:
         try:
             index = open_index(self.settings, add_sources=[dest for _, dest in accepted], progress=True)
             empty = [(o, d) for o, d in accepted if not _chunks_from(index, d)]
+            reasons = {d: _warning_for(index, d) for _, d in empty}
             if empty:
                 for _, dest in empty:
                     dest.unlink(missing_ok=True)
@@ -331,10 +338,20 @@ class ChatApp:
                 lines.append(f"**Added {html.escape(original)}** as `{dest.name}`: "
                              f"{count} passage{plural} indexed.")
             else:
-                lines.append(f"**Rejected {html.escape(original)}:** no readable text found in it.")
+                why = reasons.get(dest) or "no readable text found in it."
+                lines.append(f"**Rejected {html.escape(original)}:** {html.escape(why)}")
         if progress:
             progress(1.0, desc="Done")
         return "\n\n".join(lines)
+
+
+def _warning_for(index, path: Path) -> str | None:
+    """The loader's warning about this file (why it gave no text), without its full path."""
+    name = display_path(path)
+    for warning in index.manifest.get("warnings", []):
+        if warning.startswith(name):
+            return f"{path.name}{warning[len(name):]}"
+    return None
 
 
 def _chunks_from(index, path: Path) -> int:
@@ -371,6 +388,12 @@ def check_upload(path: Path) -> str | None:
     return None
 
 
+def display_name(original: str) -> str:
+    """A file name for messages: control and format characters (escapes, bidi overrides) removed."""
+    shown = "".join(ch for ch in original if unicodedata.category(ch) not in ("Cc", "Cf"))
+    return shown[:120] or "(unnamed)"
+
+
 def safe_name(original: str) -> str:
     """A file name with no path, no leading dot and only [A-Za-z0-9._-]."""
     name = unicodedata.normalize("NFKC", original.replace("\\", "/").split("/")[-1])
@@ -387,14 +410,21 @@ def place_upload(source: Path, uploads: Path) -> tuple[Path, bool]:
     stem, suffix = os.path.splitext(name)
     for attempt in range(1, 1000):
         dest = uploads / (name if attempt == 1 else f"{stem}-{attempt}{suffix}")
+        if dest.is_symlink():
+            continue  # not ours: never read or write through it
         if dest.resolve().parent != uploads:
             raise ValueError(f"unsafe upload name {name!r}")
         if dest.exists():
             if sha256_file(dest) == digest:
                 return dest, True
             continue
+        # Exclusive create of a fresh temp file: a symlink planted in uploads/ is never
+        # followed (O_EXCL fails on any existing name, O_NOFOLLOW on links).
         tmp = uploads / f".{dest.name}.part"
-        tmp.write_bytes(source.read_bytes())
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(source.read_bytes())
         os.replace(tmp, dest)
         return dest, False
     raise ValueError("too many uploads with the same name")
@@ -746,6 +776,42 @@ def build_app(assistant: Assistant) -> gr.Blocks:
     return demo
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_auth(value: str) -> tuple[str, str]:
+    """"user:password" (from --auth or FTCHAT_AUTH) as a (user, password) pair."""
+    user, _, password = (value or "").partition(":")
+    if not user.strip() or not password:
+        raise ValueError("credentials must look like user:password (both parts non-empty)")
+    return user.strip(), password
+
+
+def auth_from_env() -> tuple[str, str] | None:
+    value = os.environ.get("FTCHAT_AUTH", "")
+    return parse_auth(value) if value else None
+
+
+def exposure_warning(host: str, auth: tuple[str, str] | None, share: bool) -> str | None:
+    """The loud warning for a page reachable by others without credentials, or None."""
+    if auth:
+        return None
+    if share:
+        where = "a public Gradio share link"
+    elif host not in LOOPBACK_HOSTS:
+        where = f"{host} (reachable from other machines)"
+    else:
+        return None
+    bar = "!" * 78
+    return (
+        f"{bar}\n"
+        f"WARNING: serving ftchat on {where} WITHOUT a password.\n"
+        "Anyone who can reach it can use the assistant and add documents to your index.\n"
+        "Use --auth user:password (or FTCHAT_AUTH=user:password), or bind 127.0.0.1.\n"
+        f"{bar}"
+    )
+
+
 def launch(
     settings: Settings,
     host: str | None = None,
@@ -753,7 +819,12 @@ def launch(
     auth: tuple[str, str] | None = None,
     share: bool = False,
 ) -> None:
-    """Load the index, start the model warm-up, and serve the page (blocking)."""
+    """Load the index, start the model warm-up, and serve the page (blocking).
+
+    Without `auth`, credentials come from FTCHAT_AUTH=user:password when it is set.
+    """
+    if auth is None:
+        auth = auth_from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     assistant = Assistant(settings)
@@ -763,8 +834,10 @@ def launch(
     demo = build_app(assistant)
     demo.queue(default_concurrency_limit=1)
     host = host or settings.host
-    if host not in ("127.0.0.1", "localhost", "::1") and not auth:
+    warning = exposure_warning(host, auth, share)
+    if warning:
         log.warning("Serving on %s without --auth: anyone who can reach this address can use the page", host)
+        print(warning, file=sys.stderr, flush=True)
     demo.launch(
         prevent_thread_lock=True,
         server_name=host,

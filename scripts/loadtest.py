@@ -1,0 +1,439 @@
+"""Load test: start the app on a free loopback port and drive it with concurrent sessions.
+
+    .venv/bin/python scripts/loadtest.py                       # 8 sessions x 25 questions
+    .venv/bin/python scripts/loadtest.py --sessions 4 --questions 6 --json report.json
+    .venv/bin/python scripts/loadtest.py --url http://127.0.0.1:7860/   # an app already running
+
+Each session is its own gradio_client Client (its own Gradio session) and asks a mix of
+in-scope, out-of-scope and follow-up questions from eval/eval.jsonl through the app's
+`/ask` API, passing its own conversation history. Checked for every answer:
+
+  * no failed request (exception, error payload, missing final {"done": true} message);
+  * well-formed: question echoed, answer text, mode, and every [n] in the answer present
+    in the citations; in-scope answers carry at least one citation;
+  * no mixing between sessions: the server's `search_query` equals what this session's
+    own history gives (ftchat.answer.condense), and the follow-up's passages hit the
+    topic of this session's earlier turn.
+
+Reported: latency p50/p95 (wall time per request, queueing included, and the server's own
+answer time), peak RSS of the server process, RSS before/after, and the growth across
+the run (bounded by --max-growth-mb). Load goes to 127.0.0.1 only; the run stops asking
+new questions after --time-limit seconds. Exit status 0 only when everything passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from ftchat.answer import condense  # noqa: E402  (the same rule the server applies)
+
+EVAL_FILE = ROOT / "eval" / "eval.jsonl"
+START_TIMEOUT_S = 300
+_CITE = re.compile(r"\[(\d+)\]")
+
+
+# --- Question plans -----------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    question: str
+    kind: str  # "in-scope", "out-of-scope", "history" (the turn a follow-up refers to), "follow-up"
+    expected_terms: tuple[str, ...] = ()
+
+
+def load_rows(path: Path = EVAL_FILE) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plan(rows: list[dict], count: int, seed: int) -> list[Step]:
+    """`count` questions: in-scope, out-of-scope and follow-up blocks (earlier turn + follow-up)."""
+    rng = random.Random(seed)
+    in_scope = [r for r in rows if r["answerable"] and not r.get("history")]
+    out_scope = [r for r in rows if not r["answerable"]]
+    follow = [r for r in rows if r.get("history")]
+    steps: list[Step] = []
+    kinds = ["in-scope", "out-of-scope", "follow-up", "in-scope", "follow-up"]
+    position = rng.randrange(len(kinds))
+    while len(steps) < count:
+        kind = kinds[position % len(kinds)]
+        position += 1
+        if kind == "in-scope":
+            r = rng.choice(in_scope)
+            steps.append(Step(r["question"], kind, tuple(r["expected_terms"])))
+        elif kind == "out-of-scope":
+            steps.append(Step(rng.choice(out_scope)["question"], kind))
+        elif count - len(steps) >= 2:
+            r = rng.choice(follow)
+            steps.append(Step(r["history"][-1], "history"))
+            steps.append(Step(r["question"], "follow-up", tuple(r["expected_terms"])))
+    return steps[:count]
+
+
+# --- The server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python app.py` on a free loopback port, its log in a file."""
+
+    def __init__(self, index_dir: Path | None, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = dict(os.environ)
+        env.pop("FTCHAT_HOST", None)
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+                   PYTHONUNBUFFERED="1")
+        env.pop("FTCHAT_AUTH", None)
+        if index_dir is not None:
+            env["FTCHAT_INDEX_DIR"] = str(index_dir)
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> float:
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.tail()}")
+            if "ftchat page ready" in self.log_path.read_text(errors="replace"):
+                return time.perf_counter() - started
+            time.sleep(0.25)
+        raise RuntimeError(f"app.py did not come up in {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of the process (and any children it started), from /proc."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int, int]] = []  # (time, rss, answers completed)
+        self.completed = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        while not self._halt.is_set():
+            try:
+                self.samples.append((time.perf_counter() - started, rss_bytes(self.pid), self.completed))
+            except Exception:
+                return
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+# --- Sessions -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    session: int
+    turn: int
+    kind: str
+    question: str
+    seconds: float
+    server_ms: float | None = None
+    answerable: bool | None = None
+    mode: str | None = None
+    problems: list[str] = field(default_factory=list)
+    follow_up_hit: bool | None = None
+
+
+def check_answer(step: Step, history: list[str], outputs: list[dict]) -> tuple[list[str], bool | None]:
+    """Problems with one /ask result (empty when it is fine), and whether a follow-up hit its topic."""
+    if not outputs:
+        return ["no output"], None
+    final = outputs[-1]
+    if not isinstance(final, dict) or final.get("done") is not True:
+        return [f"stream did not end with done=true: {str(final)[:200]}"], None
+    if final.get("error"):
+        return [f"error: {final['error'][:300]}"], None
+    problems = []
+    expected_question = " ".join(step.question.split())
+    if final.get("question") != expected_question:
+        problems.append(f"answer is for another question: {final.get('question')!r}")
+    if final.get("search_query") != condense(expected_question, history):
+        problems.append(f"search query {final.get('search_query')!r} does not come from this "
+                        "session's own history")
+    text = final.get("answer")
+    if not isinstance(text, str) or not text.strip():
+        problems.append("empty answer")
+        text = ""
+    if final.get("mode") not in ("generated", "extractive", "declined"):
+        problems.append(f"unknown mode {final.get('mode')!r}")
+    citations = final.get("citations")
+    if not isinstance(citations, list):
+        problems.append("citations missing")
+        citations = []
+    numbers = {c.get("n") for c in citations}
+    cited = {int(n) for n in _CITE.findall(text)}
+    if not cited <= numbers:
+        problems.append(f"answer cites {sorted(cited - numbers)} which are not in its citations")
+    if final.get("answerable"):
+        if not cited or not citations:
+            problems.append("an answered question without citations")
+        for c in citations:
+            fields = ("chunk_id", "title", "source", "text")
+            if not all(isinstance(c.get(key), str) and c[key] for key in fields):
+                problems.append(f"malformed citation {str(c)[:200]}")
+    elif final.get("mode") != "declined" or citations:
+        problems.append("a declined answer with citations or another mode")
+    if not isinstance(final.get("passages"), list):
+        problems.append("passages missing")
+    hit = None
+    if step.kind == "follow-up":
+        terms = [t.lower() for t in step.expected_terms]
+        hit = any(t in (p.get("title", "") + " " + p.get("text", "")).lower()
+                  for p in final.get("passages") or [] for t in terms)
+    return problems, hit
+
+
+def run_session(url: str, number: int, steps: list[Step], deadline: float, results: list[Result],
+                lock: threading.Lock, sampler: MemorySampler | None, k: int) -> None:
+    from gradio_client import Client
+
+    try:
+        client = Client(url, verbose=False, download_files=False)
+    except Exception as exc:
+        with lock:
+            results.append(Result(number, 0, "connect", "", 0.0, problems=[f"connect failed: {exc}"]))
+        return
+    history: list[str] = []
+    for turn, step in enumerate(steps, start=1):
+        if time.monotonic() > deadline:
+            break
+        started = time.perf_counter()
+        try:
+            job = client.submit(step.question, history, k, api_name="/ask")
+            outputs = list(job)
+            problems, hit = check_answer(step, history, outputs)
+        except Exception as exc:  # a failed request
+            outputs, problems, hit = [], [f"{type(exc).__name__}: {exc}"[:300]], None
+        seconds = time.perf_counter() - started
+        final = outputs[-1] if outputs and isinstance(outputs[-1], dict) else {}
+        result = Result(number, turn, step.kind, step.question, seconds,
+                        (final.get("timings") or {}).get("total_ms"), final.get("answerable"),
+                        final.get("mode"), problems, hit)
+        with lock:
+            results.append(result)
+            if sampler:
+                sampler.completed += 1
+            if len(results) % 25 == 0:
+                failed = sum(1 for r in results if r.problems)
+                print(f"  {len(results)} answers, {failed} failures", flush=True)
+        history.append(step.question)
+    try:
+        client.close()
+    except Exception:
+        pass
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def run(args: argparse.Namespace) -> dict:
+    rows = load_rows(args.eval_file)
+    server = None
+    pid = args.pid
+    if args.url:
+        url = args.url
+        if not re.match(r"https?://(127\.0\.0\.1|localhost|\[::1\])[:/]", url):
+            raise SystemExit("--url must point at a loopback address (127.0.0.1, localhost, [::1])")
+    else:
+        log_path = Path(args.log or tempfile.mkstemp(prefix="ftchat-loadtest-", suffix=".log")[1])
+        server = Server(args.index_dir, log_path)
+        pid = server.process.pid
+        print(f"starting app.py on {server.url} (log: {log_path})", flush=True)
+        start_seconds = server.wait_ready()
+        print(f"app ready after {start_seconds:.1f} s", flush=True)
+        url = server.url
+    report: dict = {"url": url, "sessions": args.sessions, "questions_per_session": args.questions}
+    sampler = None
+    try:
+        from gradio_client import Client
+
+        # Warm-up (not counted): waits for the model to finish loading.
+        warm_started = time.perf_counter()
+        warm = Client(url, verbose=False, download_files=False)
+        for question in ("What is LoRA?",):
+            list(warm.submit(question, [], 0, api_name="/ask"))
+        warm.close()
+        report["warm_up_seconds"] = round(time.perf_counter() - warm_started, 1)
+        if pid:
+            sampler = MemorySampler(pid)
+            sampler.start()
+            time.sleep(0.6)
+        plans = [plan(rows, args.questions, args.seed + s) for s in range(args.sessions)]
+        results: list[Result] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + args.time_limit
+        started = time.perf_counter()
+        threads = [
+            threading.Thread(target=run_session, name=f"session-{s}",
+                             args=(url, s, plans[s], deadline, results, lock, sampler, args.k))
+            for s in range(args.sessions)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=args.time_limit + 600)
+        elapsed = time.perf_counter() - started
+    finally:
+        if sampler:
+            sampler.stop()
+        if server:
+            if server.process.poll() is not None:
+                report["server_exit"] = server.process.returncode
+            server.stop()
+
+    failures = [r for r in results if r.problems]
+    seconds = [r.seconds for r in results if not r.problems]
+    server_ms = [r.server_ms for r in results if r.server_ms is not None and not r.problems]
+    follow_ups = [r for r in results if r.kind == "follow-up" and not r.problems]
+    planned = args.sessions * args.questions
+    report.update(
+        planned=planned,
+        completed=len(results),
+        stopped_by_time_limit=len(results) < planned,
+        failures=len(failures),
+        failure_examples=[f"session {r.session} turn {r.turn} ({r.kind}) {r.question!r}: {r.problems}"
+                          for r in failures[:10]],
+        by_kind={kind: sum(1 for r in results if r.kind == kind)
+                 for kind in ("in-scope", "out-of-scope", "history", "follow-up")},
+        answered=sum(1 for r in results if r.answerable),
+        declined=sum(1 for r in results if r.answerable is False),
+        follow_up_topic_hits=f"{sum(1 for r in follow_ups if r.follow_up_hit)}/{len(follow_ups)}",
+        elapsed_seconds=round(elapsed, 1),
+        throughput_per_minute=round(len(results) / elapsed * 60, 1) if elapsed else None,
+        latency_seconds={"p50": round(percentile(seconds, 0.5), 2) if seconds else None,
+                         "p95": round(percentile(seconds, 0.95), 2) if seconds else None,
+                         "max": round(max(seconds), 2) if seconds else None},
+        server_answer_ms={"p50": round(percentile(server_ms, 0.5)) if server_ms else None,
+                          "p95": round(percentile(server_ms, 0.95)) if server_ms else None},
+    )
+    ok = not failures and len(results) > 0
+    if sampler and sampler.samples:
+        mb = [s[1] / 2**20 for s in sampler.samples]
+        before = mb[0]
+        # Growth is judged after the first quarter of the answers: allocator pools and
+        # caches fill up early under concurrency; a leak keeps growing after that.
+        quarter = max(1, len(results) // 4)
+        settled = [m for (_, _, done), m in zip(sampler.samples, mb, strict=True) if done >= quarter]
+        settled_start = settled[0] if settled else before
+        growth = mb[-1] - settled_start
+        report["memory_mb"] = {
+            "before": round(before), "after": round(mb[-1]), "peak": round(max(mb)),
+            "after_first_quarter": round(settled_start), "growth_after_first_quarter": round(growth, 1),
+            "bound": args.max_growth_mb, "samples": len(mb),
+            # RSS when each tenth of the answers had come back: a leak climbs steadily here.
+            "by_tenth": [round(next((m for (_, _, done), m in zip(sampler.samples, mb, strict=True)
+                                     if done >= len(results) * t / 10), mb[-1])) for t in range(1, 11)],
+        }
+        report["memory_flat"] = growth <= args.max_growth_mb
+        ok = ok and report["memory_flat"]
+    if report.get("server_exit") is not None:
+        ok = False
+    report["passed"] = ok
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=8, help="concurrent sessions (default 8)")
+    parser.add_argument("--questions", type=int, default=25, help="questions per session (default 25)")
+    parser.add_argument("--time-limit", type=float, default=3600,
+                        help="seconds after which no new question is asked (default 3600)")
+    parser.add_argument("--max-growth-mb", type=float, default=150,
+                        help="allowed RSS growth after the first quarter of the run (default 150)")
+    parser.add_argument("--k", type=int, default=0, help="passages per question (0: the app's default)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for the question plans")
+    parser.add_argument("--eval-file", type=Path, default=EVAL_FILE)
+    parser.add_argument("--index-dir", type=Path, default=None,
+                        help="index folder for the app (default: FTCHAT_INDEX_DIR or ./index)")
+    parser.add_argument("--url", help="drive an app already running on a loopback address instead")
+    parser.add_argument("--pid", type=int, help="with --url: the server's process id, to sample its memory")
+    parser.add_argument("--log", help="where to write the app's log (default: a temp file)")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.sessions < 1 or args.questions < 1:
+        parser.error("--sessions and --questions must be at least 1")
+
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    m = report.get("memory_mb", {})
+    lat = report["latency_seconds"]
+    print(
+        f"\n{report['sessions']} sessions x {report['questions_per_session']} questions: "
+        f"{report['completed']}/{report['planned']} done, {report['failures']} failures; "
+        f"latency p50 {lat['p50']} s, p95 {lat['p95']} s (server answer p50 "
+        f"{report['server_answer_ms']['p50']} ms); RSS {m.get('before')} -> {m.get('after')} MB "
+        f"(peak {m.get('peak')} MB); {'PASSED' if report['passed'] else 'FAILED'}",
+        flush=True,
+    )
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
