@@ -43,7 +43,11 @@ index: setup
 	$(BIN)/ftchat index
 
 bench: setup
-	$(BIN)/ftchat bench --write bench/results.json
+	$(BIN)/ftchat bench --write bench/results.json --markdown bench/results.md
+
+# 8 concurrent sessions x 25 questions against the app on a free loopback port (~15 min).
+loadtest: setup
+	$(BIN)/python scripts/loadtest.py $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) index

@@ -50,10 +50,11 @@ class Assistant:
 
     @property
     def generator(self) -> Generator:
-        return get_generator(self.settings.model, self.settings.cache_dir)
+        s = self.settings
+        return get_generator(s.model, s.cache_dir, s.dtype, s.threads)
 
     def generator_loaded(self) -> bool:
-        return generator_is_loaded(self.settings.model, self.settings.cache_dir)
+        return generator_is_loaded(self.settings.model, self.settings.cache_dir, self.settings.dtype)
 
     def reload(self, index: Index) -> None:
         with self._lock:

@@ -1,0 +1,505 @@
+"""`ftchat bench`: how fast ftchat is on this machine, next to a naive baseline run alongside.
+
+Every figure is a median (and p95 where it is a distribution) over repeated runs after a
+warm-up. Each optimised figure sits next to the same figure for the naive path measured in
+the same run (float32 weights, dense retrieval only, no weight cache, a fresh model load),
+because ratios travel across machines and absolute times do not. Progress goes to stderr.
+
+The physical limit for decoding is memory bandwidth: every weight is read once per token,
+so tokens/s can never beat (read bandwidth) / (weight bytes). The bandwidth is measured here
+with numpy, and decoding is reported as a fraction of that bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Settings
+
+# Typical in-scope questions (one per topic), and a few more for retrieval timing.
+ANSWER_QUESTIONS = [
+    "What is LoRA?",
+    "how do I balance a dataset with a rare class?",
+    "What does gradient accumulation do?",
+    "How does QLoRA save memory?",
+    "What is catastrophic forgetting?",
+]
+RETRIEVAL_QUESTIONS = ANSWER_QUESTIONS + [
+    "What is GPTQ?",
+    "How should I pick a learning rate schedule?",
+    "what is knowledge distillation",
+    "Explain elastic weight consolidation",
+    "What is the capital of France?",
+    "how big should the validation set be",
+    "What is DPO and how does it differ from RLHF?",
+]
+DECODE_TOKENS = 48
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _p50(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _p95(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+# --- The machine --------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(settings: Settings) -> dict:
+    import torch
+
+    from .generation import bf16_native, cpu_flags, int8_supported, resolve_dtype, resolve_threads
+
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ),
+        "torch_threads": resolve_threads(settings.threads or None),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "avx512": "avx512f" in flags,
+        "bf16": bf16_native(),
+        "amx": bool(flags & {"amx_bf16", "amx_tile"}),
+        "int8_kernels": int8_supported(),
+        "dtype": resolve_dtype(settings.dtype),
+        "dtype_setting": settings.dtype,
+        "threads_setting": settings.threads,
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def memory_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 5) -> float:
+    """Read bandwidth: numpy sums of a large array, split over the same threads torch uses."""
+    import numpy as np
+
+    data = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    parts = np.array_split(data, max(threads, 1))
+    times = []
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        list(pool.map(np.sum, parts))  # warm-up: pages touched, threads started
+        for _ in range(repeats):
+            started = time.perf_counter()
+            list(pool.map(np.sum, parts))  # numpy releases the GIL inside large reductions
+            times.append(time.perf_counter() - started)
+    return data.nbytes / min(times) / 1e9  # the best run is the least disturbed one
+
+
+# --- Retrieval ----------------------------------------------------------------------------
+
+
+def bench_retrieval(assistant, repeats: int) -> dict:
+    retriever = assistant.retriever
+    embedder = retriever.embedder
+    index = retriever.index
+    for q in RETRIEVAL_QUESTIONS[:3]:  # warm-up
+        retriever.search(q)
+    hybrid, dense = [], []
+    for _ in range(repeats):
+        for q in RETRIEVAL_QUESTIONS:
+            started = time.perf_counter()
+            retriever.search(q)
+            hybrid.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            index.vectors.search(embedder.encode([q]), assistant.settings.top_k)
+            dense.append((time.perf_counter() - started) * 1000)
+    return {
+        "retrieval_ms_p50": _p50(hybrid),
+        "retrieval_ms_p95": _p95(hybrid),
+        "baseline_dense_retrieval_ms_p50": _p50(dense),
+        "baseline_dense_retrieval_ms_p95": _p95(dense),
+    }
+
+
+# --- Answers and decoding -----------------------------------------------------------------
+
+
+def bench_answers(assistant, questions: list[str], repeats: int) -> dict:
+    assistant.ask(questions[0])  # warm-up (model loaded before)
+    first, total, modes, tokens = [], [], [], []
+    for _ in range(repeats):
+        for q in questions:
+            answer = assistant.ask(q)
+            first.append(answer.timings["first_token_ms"])
+            total.append(answer.timings["total_ms"])
+            modes.append(answer.mode)
+            tokens.append(answer.tokens)
+    return {
+        "first_token_ms_p50": _p50(first),
+        "first_token_ms_p95": _p95(first),
+        "answer_ms_p50": _p50(total),
+        "answer_ms_p95": _p95(total),
+        "answer_tokens_p50": _p50(tokens),
+        "answer_modes": {m: modes.count(m) for m in sorted(set(modes))},
+    }
+
+
+def bench_decode(assistant, generator, repeats: int) -> dict:
+    """Prefill and decode speed of the generator on a real answer prompt, greedy, fixed length."""
+    import torch
+
+    from . import answer as ans
+
+    question = ANSWER_QUESTIONS[0]
+    passages = assistant.retriever.search(question)
+    evidence = ans.select_evidence(question, passages, assistant.retriever.embedder)
+    ids = torch.tensor([generator.prompt_tokens(ans.build_messages(question, evidence))])
+    pad = generator.tokenizer.pad_token_id or generator.tokenizer.eos_token_id
+    prefill, decode = [], []
+    with torch.inference_mode():
+        generator.model(ids)  # warm-up
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            generator.model(ids)
+            prefill_s = time.perf_counter() - started
+            started = time.perf_counter()
+            out = generator.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS, pad_token_id=pad,
+            )
+            total_s = time.perf_counter() - started
+            new = out.shape[1] - ids.shape[1]
+            prefill.append(ids.shape[1] / prefill_s)
+            decode.append((new - 1) / max(total_s - prefill_s, 1e-6))
+    return {
+        "prompt_tokens": int(ids.shape[1]),
+        "prefill_tokens_per_s": _p50(prefill[1:]),
+        "decode_tokens_per_s": _p50(decode[1:]),
+        "weight_bytes": generator.weight_bytes(),
+    }
+
+
+# --- Cold starts and memory -----------------------------------------------------------------
+
+
+def _env(settings: Settings, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(
+        FTCHAT_CORPUS_DIR=str(settings.corpus_dir),
+        FTCHAT_INDEX_DIR=str(settings.index_dir),
+        FTCHAT_CACHE_DIR=str(settings.cache_dir),
+        FTCHAT_MODEL=settings.model,
+        FTCHAT_DTYPE=settings.dtype,
+        FTCHAT_THREADS=str(settings.threads),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    env.update(extra)
+    return env
+
+
+def _ftchat() -> list[str]:
+    script = Path(sys.executable).with_name("ftchat")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ftchat.cli"]
+
+
+def cold_start_answer(settings: Settings, question: str, **env: str) -> dict:
+    """A fresh `ftchat ask` process to its answer; its peak resident memory from wait4."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*_ftchat(), "ask", question, "--json"], env=_env(settings, **env),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    output = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    rss_mb = usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+    try:
+        answer = json.loads(output.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        answer = {}
+    return {
+        "seconds": seconds, "peak_rss_mb": rss_mb, "ok": proc.returncode == 0,
+        "answerable": answer.get("answerable"), "citations": len(answer.get("citations", [])),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cold_start_page(settings: Settings, timeout: float = 180.0) -> float | None:
+    """A fresh `ftchat serve` process until the page answers HTTP 200."""
+    port = _free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*_ftchat(), "serve", "--port", str(port)], env=_env(settings),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        while time.perf_counter() - started < timeout and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    if response.status == 200 and response.read(64):
+                        return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.1)
+        return None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- Index builds ---------------------------------------------------------------------------
+
+
+def bench_guide_index(settings: Settings, repeats: int) -> float:
+    from .index import open_index
+
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="ftchat-bench-") as tmp:
+            started = time.perf_counter()
+            open_index(replace(settings, index_dir=Path(tmp) / "index"), rebuild=True)
+            times.append(time.perf_counter() - started)
+    return _p50(times)
+
+
+def _generated_corpus(folder: Path, pages: int, source_texts: list[str]) -> None:
+    """`pages` sections of ~150 words each, spread over files of 100 pages."""
+    rng = random.Random(5)
+    sentences = [s for t in source_texts for s in t.replace("\n", " ").split(". ") if len(s.split()) > 4]
+    folder.mkdir(parents=True)
+    for start in range(0, pages, 100):
+        lines = [f"# Generated part {start // 100 + 1}\n"]
+        for page in range(start, min(start + 100, pages)):
+            body = []
+            while sum(len(s.split()) for s in body) < 140:
+                body.append(rng.choice(sentences).strip().rstrip(".") + ".")
+            lines.append(f"## Page {page + 1}\n\n{' '.join(body)}\n")
+        (folder / f"part-{start // 100 + 1:03d}.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def bench_large_corpus(settings: Settings, embedder, pages: int, source_texts: list[str]) -> dict:
+    from .chunking import chunk_sections
+    from .corpus import load_sources
+    from .index import open_index
+
+    with tempfile.TemporaryDirectory(prefix="ftchat-bench-") as tmp:
+        corpus = Path(tmp) / "corpus"
+        _generated_corpus(corpus, pages, source_texts)
+        big = replace(settings, corpus_dir=corpus, index_dir=Path(tmp) / "index")
+        chunks = chunk_sections(load_sources([corpus]).sections, settings.chunk_max_words)
+        texts = [c.embedding_text() for c in chunks]
+        started = time.perf_counter()
+        embedder.encode(texts)
+        raw_s = time.perf_counter() - started
+        started = time.perf_counter()
+        built = open_index(big, rebuild=True)
+        build_s = time.perf_counter() - started
+    n = len(built)
+    return {
+        "large_corpus_pages": pages,
+        "large_corpus_chunks": n,
+        "large_index_build_s": build_s,
+        "large_index_chunks_per_s": n / build_s,
+        "embedder_raw_chunks_per_s": len(texts) / raw_s,
+        "pipeline_overhead": build_s / raw_s - 1,
+    }
+
+
+# --- Everything -----------------------------------------------------------------------------
+
+
+def run(settings: Settings | None = None, quick: bool = False) -> dict:
+    """The whole benchmark. `quick` trims repeats and baselines (for tests), same keys."""
+    from .api import Assistant
+    from .generation import get_generator, resolve_dtype
+
+    settings = settings or Settings()
+    repeats = 1 if quick else 3
+    result: dict = {"quick": quick, "machine": machine(settings)}
+    threads = result["machine"]["torch_threads"]
+    dtype = result["machine"]["dtype"]
+    _log(f"{result['machine']['cpu']}, {threads} torch threads, dtype {dtype}")
+
+    bandwidth = memory_bandwidth_gbs(threads)
+    result["memory_bandwidth_gbs"] = bandwidth
+
+    # Cold starts first, while this process holds no model (the machine is quieter).
+    question = ANSWER_QUESTIONS[0]
+    assistant = Assistant(settings)
+    assistant.index  # noqa: B018 - a stale or missing index is built now, not inside a timing
+    _log("cold start to a first answer (fresh process, warm caches)")
+    cold = [cold_start_answer(settings, question) for _ in range(1 if quick else 2)]
+    result["cold_start_answer_s"] = _p50([c["seconds"] for c in cold])
+    result["peak_rss_mb"] = max(c["peak_rss_mb"] for c in cold)
+    result["cold_start_answer_ok"] = all(c["ok"] and c["answerable"] and c["citations"] for c in cold)
+    _log("cold start to a usable page")
+    result["cold_start_page_s"] = cold_start_page(settings)
+
+    _log("retrieval")
+    result.update(bench_retrieval(assistant, repeats))
+
+    _log(f"model load ({dtype}) and decoding")
+    started = time.perf_counter()
+    generator = get_generator(settings.model, settings.cache_dir, dtype, settings.threads)
+    result["model_load_s"] = generator.load_seconds or time.perf_counter() - started
+    result.update(bench_decode(assistant, generator, repeats))
+    result["bandwidth_bound_tokens_per_s"] = bandwidth * 1e9 / result["weight_bytes"]
+    bound = result["bandwidth_bound_tokens_per_s"]
+    result["decode_fraction_of_bound"] = result["decode_tokens_per_s"] / bound
+
+    _log("answers")
+    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
+    result.update(bench_answers(assistant, questions, 1 if quick else 2))
+
+    # Baselines: float32 weights, in this same run.
+    _log("baseline: float32 decoding")
+    base_settings = replace(settings, dtype="float32")
+    if resolve_dtype(settings.dtype) == "float32":
+        base_gen = generator
+    else:
+        base_gen = get_generator(settings.model, settings.cache_dir, "float32", settings.threads)
+    base = bench_decode(assistant, base_gen, repeats)
+    result["baseline_decode_tokens_per_s"] = base["decode_tokens_per_s"]
+    result["baseline_prefill_tokens_per_s"] = base["prefill_tokens_per_s"]
+    result["baseline_weight_bytes"] = base["weight_bytes"]
+    result["baseline_bandwidth_bound_tokens_per_s"] = bandwidth * 1e9 / base["weight_bytes"]
+    result["baseline_model_load_s"] = base_gen.load_seconds
+    if not quick:
+        _log("baseline: float32 answers")
+        base_assistant = Assistant(base_settings)
+        base_assistant._index, base_assistant._retriever = assistant.index, assistant.retriever
+        base_answers = bench_answers(base_assistant, ANSWER_QUESTIONS[:3], 1)
+        result["baseline_first_token_ms_p50"] = base_answers["first_token_ms_p50"]
+        result["baseline_answer_ms_p50"] = base_answers["answer_ms_p50"]
+        _log("baseline: fresh process, float32, no weight cache (dequantizes the GGUF)")
+        with tempfile.TemporaryDirectory(prefix="ftchat-bench-cache-") as tmp:
+            naive = cold_start_answer(settings, question, FTCHAT_DTYPE="float32", FTCHAT_CACHE_DIR=tmp)
+        result["baseline_cold_start_answer_s"] = naive["seconds"]
+        result["baseline_peak_rss_mb"] = naive["peak_rss_mb"]
+        result["baseline_cold_start_warm_cache_float32_s"] = cold_start_answer(
+            settings, question, FTCHAT_DTYPE="float32")["seconds"]
+    else:
+        result["baseline_first_token_ms_p50"] = None
+        result["baseline_answer_ms_p50"] = None
+        result["baseline_cold_start_answer_s"] = None
+        result["baseline_peak_rss_mb"] = None
+
+    _log("index build: the guide")
+    result["index_build_s"] = bench_guide_index(settings, 1 if quick else 2)
+    result["index_chunks"] = len(assistant.index)
+    pages = 200 if quick else 2000
+    _log(f"index build: a generated corpus of {pages} pages")
+    result.update(bench_large_corpus(
+        settings, assistant.retriever.embedder, pages, [c.text for c in assistant.index.chunks]))
+
+    for name in ("decode", "prefill"):
+        result[f"{name}_speedup"] = _ratio(
+            result[f"{name}_tokens_per_s"], result[f"baseline_{name}_tokens_per_s"])
+    result["note"] = (
+        "Medians after warm-up; the CPU may be shared with other work (see machine.load_average), "
+        "so compare ratios within one run rather than absolute times across runs."
+    )
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
+
+
+# --- Output -----------------------------------------------------------------------------------
+
+
+def _fmt(value, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    rows = [
+        ("retrieval, median / p95",
+         f"{_fmt(r['retrieval_ms_p50'], ' ms')} / {_fmt(r['retrieval_ms_p95'], ' ms')}",
+         f"dense only: {_fmt(r['baseline_dense_retrieval_ms_p50'], ' ms')}", "≤ 20 ms"),
+        ("first token, median / p95",
+         f"{_fmt(r['first_token_ms_p50'], ' ms', 0)} / {_fmt(r['first_token_ms_p95'], ' ms', 0)}",
+         _fmt(r.get("baseline_first_token_ms_p50"), " ms", 0), "≤ 1 s"),
+        ("answer time, median / p95",
+         f"{_fmt(r['answer_ms_p50'], ' ms', 0)} / {_fmt(r['answer_ms_p95'], ' ms', 0)}",
+         _fmt(r.get("baseline_answer_ms_p50"), " ms", 0), ""),
+        ("decoding", f"{_fmt(r['decode_tokens_per_s'], ' tok/s')} ({r['decode_speedup']}×)",
+         _fmt(r["baseline_decode_tokens_per_s"], " tok/s"), "≥ 1.8× baseline"),
+        ("decoding / bandwidth bound",
+         f"{r['decode_fraction_of_bound']:.0%} of {_fmt(r['bandwidth_bound_tokens_per_s'], ' tok/s')}",
+         f"{_fmt(r['baseline_bandwidth_bound_tokens_per_s'], ' tok/s')} bound", ""),
+        ("prefill", f"{_fmt(r['prefill_tokens_per_s'], ' tok/s', 0)} ({r['prefill_speedup']}×)",
+         _fmt(r["baseline_prefill_tokens_per_s"], " tok/s", 0), ""),
+        ("cold start → first answer", _fmt(r["cold_start_answer_s"], " s"),
+         _fmt(r.get("baseline_cold_start_answer_s"), " s") + " (no weight cache)", "≤ 5 s"),
+        ("cold start → usable page", _fmt(r["cold_start_page_s"], " s"), "", "≤ 5 s"),
+        ("model load", _fmt(r["model_load_s"], " s"), _fmt(r["baseline_model_load_s"], " s"), ""),
+        ("peak memory after answering", _fmt(r["peak_rss_mb"], " MB", 0),
+         _fmt(r.get("baseline_peak_rss_mb"), " MB", 0), "≤ 1 GB"),
+        ("index build, the guide",
+         f"{_fmt(r['index_build_s'], ' s')} ({r['index_chunks']} chunks)", "", "≤ 10 s"),
+        (f"index build, {r['large_corpus_pages']} generated pages",
+         f"{_fmt(r['large_index_chunks_per_s'], ' chunks/s')} "
+         f"({r['pipeline_overhead']:+.0%} vs raw embedder)",
+         f"raw embedder: {_fmt(r['embedder_raw_chunks_per_s'], ' chunks/s')}", "overhead ≤ 25 %"),
+    ]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads; "
+        f"bf16 {'yes' if m['bf16'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}, "
+        f"int8 kernels {'yes' if m['int8_kernels'] else 'no'}; generator dtype **{m['dtype']}**; "
+        f"memory read bandwidth {r['memory_bandwidth_gbs']:.1f} GB/s; load average {m['load_average']}.",
+        "",
+        "| measure | ftchat | naive baseline | target |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, json_path: Path, markdown_path: Path | None = None) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(markdown(result), encoding="utf-8")
+
+

@@ -1,0 +1,72 @@
+"""Each speed path gives answers as good as the plain float32 one (no timings asserted here).
+
+The int8 path (dynamic quantization of the transformer blocks' linear layers) is the
+default where torch has x86 kernels for it; bfloat16 is an option. For a few typical
+questions each must produce a verified, cited answer, like the float32 model does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ftchat import answer as ans
+from ftchat.api import Assistant
+from ftchat.generation import DTYPES, Generator, get_generator, int8_supported, resolve_dtype
+
+QUESTIONS = ["What is LoRA?", "What does gradient accumulation do?", "How does QLoRA save memory?"]
+
+
+def test_resolve_dtype_defaults_and_overrides(monkeypatch):
+    monkeypatch.delenv("FTCHAT_DTYPE", raising=False)
+    assert resolve_dtype() == "float32"  # int8 is opt-in: it hurt answers (see resolve_dtype)
+    monkeypatch.setenv("FTCHAT_DTYPE", "int8")
+    assert resolve_dtype() == "int8"
+    assert resolve_dtype("bf16") == "bfloat16"
+    assert resolve_dtype("fp32") == "float32"
+    monkeypatch.setenv("FTCHAT_DTYPE", "float32")
+    assert resolve_dtype() == "float32"
+    with pytest.raises(ValueError):
+        resolve_dtype("float8")
+
+
+def test_settings_carry_dtype_and_threads(monkeypatch):
+    from ftchat.config import Settings
+
+    monkeypatch.setenv("FTCHAT_DTYPE", "bfloat16")
+    monkeypatch.setenv("FTCHAT_THREADS", "1")
+    s = Settings()
+    assert (s.dtype, s.threads) == ("bfloat16", 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != "int8" or int8_supported()])
+def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
+    from dataclasses import replace
+
+    assistant = Assistant(replace(guide_settings, dtype=dtype))
+    generator = assistant.generator
+    assert isinstance(generator, Generator) and generator.dtype == dtype
+    assert assistant.generator_loaded()
+    embedder = assistant.retriever.embedder
+    for question in QUESTIONS:
+        answer = assistant.ask(question)
+        assert answer.answerable and answer.mode in {"generated", "extractive"}, answer.text
+        numbers = set(ans.cited_numbers(answer.text))
+        assert numbers and numbers <= {c.n for c in answer.citations}, answer.text
+        evidence = ans.EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+        for sentence in ans.answer_sentences(answer.text):
+            assert ans.verify_sentence(sentence, evidence, embedder).supported, sentence
+
+
+@pytest.mark.slow
+def test_int8_keeps_the_output_layer_in_float_and_reads_fewer_bytes(guide_settings):
+    if not int8_supported():
+        pytest.skip("no int8 kernels on this CPU")
+    import torch
+
+    fast = get_generator(guide_settings.model, guide_settings.cache_dir, "int8")
+    plain = get_generator(guide_settings.model, guide_settings.cache_dir, "float32")
+    assert isinstance(fast.model.lm_head, torch.nn.Linear)  # quantizing it gave gibberish
+    assert fast.weight_bytes() < plain.weight_bytes() / 2
+    messages = [{"role": "user", "content": "Say hello."}]
+    assert "".join(fast.stream(messages)).strip()
