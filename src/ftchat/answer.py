@@ -37,7 +37,7 @@ _GENERIC_WORDS = frozenset(
 
 EVIDENCE_WORD_BUDGET = 110
 EVIDENCE_MAX_SENTENCES = 4
-EVIDENCE_MAX_PASSAGES = 3
+EVIDENCE_MAX_PASSAGES = 5
 NEAR_DUPLICATE = 0.85
 
 
@@ -218,11 +218,14 @@ def is_instruction(sentence: str) -> bool:
     return bool(_INSTRUCTION.search(sentence))
 
 
+_LEANS_ON_CONTEXT = re.compile(r"(it|its|this|these|they|those|such|that|here)\b", re.IGNORECASE)
+
+
 def select_evidence(question: str, passages: list[Passage], embedder: Embedder) -> EvidenceSet:
     if not passages:
         return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
     best = max(p.dense for p in passages)
-    usable = [p for p in passages if p.dense >= best - 0.15][:EVIDENCE_MAX_PASSAGES]
+    usable = [p for p in passages if p.dense >= best - 0.25][:EVIDENCE_MAX_PASSAGES]
     candidates: list[tuple[Passage, int, str]] = []
     for passage in usable:
         for position, sentence in enumerate(split_sentences(passage.chunk.text)):
@@ -241,14 +244,24 @@ def select_evidence(question: str, passages: list[Passage], embedder: Embedder) 
         # and for passages that ranked higher.
         score = float(vectors[i] @ query_vector) + 0.15 * overlap + (0.08 if position == 0 else 0.0)
         score -= 0.02 * (passage.rank - 1)
-        # Code-heavy sentences (config snippets) read badly as an answer's opening.
+        # Code-heavy sentences (config snippets) read badly as an answer's opening, and
+        # sentences that lean on the previous one ("It ...", "This category ...") read
+        # badly out of context.
         score -= 0.1 * min(sentence.count("`") // 2, 3)
+        if _LEANS_ON_CONTEXT.match(sentence):
+            score -= 0.1
         scored.append((score, i))
     scored.sort(reverse=True)
 
-    chosen: list[int] = []
-    words = 0
+    # The fused ranking knows better than one sentence's similarity which section answers:
+    # the top passage always contributes its best sentence.
+    top = min(c[0].rank for c in candidates)
+    first = next(i for _, i in scored if candidates[i][0].rank == top)
+    chosen: list[int] = [first]
+    words = len(candidates[first][2].split())
     for _, i in scored:
+        if i == first:
+            continue
         length = len(candidates[i][2].split())
         if chosen and (words + length > EVIDENCE_WORD_BUDGET or len(chosen) >= EVIDENCE_MAX_SENTENCES):
             continue
@@ -360,7 +373,9 @@ def answer_sentences(text: str) -> list[str]:
 
 def extractive_answer(evidence: EvidenceSet, max_sentences: int = 3) -> str:
     """The best evidence sentences, in reading order, each with its citation."""
-    ranked = sorted(evidence.items, key=lambda e: -e.score)[:max_sentences]
+    ranked = sorted(evidence.items, key=lambda e: (e.n != 1, -e.score))[:1]  # top passage's best
+    ranked += sorted((e for e in evidence.items if e not in ranked), key=lambda e: -e.score)
+    ranked = ranked[:max_sentences]
     keep = [e for e in evidence.items if e in ranked]
     return " ".join(f"{e.sentence} [{e.n}]" for e in keep)
 

@@ -47,11 +47,21 @@ class Chunk:
         )
 
 
+# A full stop after these is not the end of a sentence ("Hu et al. (2021) ...").
+_ABBREVIATION = re.compile(r"(?:\bet al|\be\.g|\bi\.e|\bvs|\betc|\bcf|\bFig|\bNo)\.$", re.IGNORECASE)
+
+
 def split_sentences(text: str) -> list[str]:
     sentences: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
         flat = " ".join(paragraph.split())
-        sentences.extend(s for s in _SENTENCE_END.split(flat) if s)
+        for piece in _SENTENCE_END.split(flat):
+            if not piece:
+                continue
+            if sentences and (_ABBREVIATION.search(sentences[-1]) or piece.startswith("(")):
+                sentences[-1] = f"{sentences[-1]} {piece}"
+            else:
+                sentences.append(piece)
     return sentences
 
 
