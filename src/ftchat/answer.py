@@ -371,10 +371,16 @@ def answer_sentences(text: str) -> list[str]:
     return pieces
 
 
+def lead_evidence(evidence: EvidenceSet) -> Evidence | None:
+    """The best evidence sentence of the top-ranked passage (numbered 1)."""
+    return max((e for e in evidence.items if e.n == 1), key=lambda e: e.score, default=None)
+
+
 def extractive_answer(evidence: EvidenceSet, max_sentences: int = 3) -> str:
     """The best evidence sentences, in reading order, each with its citation."""
-    ranked = sorted(evidence.items, key=lambda e: (e.n != 1, -e.score))[:1]  # top passage's best
-    ranked += sorted((e for e in evidence.items if e not in ranked), key=lambda e: -e.score)
+    lead = lead_evidence(evidence)
+    ranked = [lead] if lead else []
+    ranked += sorted((e for e in evidence.items if e is not lead), key=lambda e: -e.score)
     ranked = ranked[:max_sentences]
     keep = [e for e in evidence.items if e in ranked]
     return " ".join(f"{e.sentence} [{e.n}]" for e in keep)

@@ -153,6 +153,11 @@ class Assistant:
             dropped.append(tail)
 
         if streamed:
+            # The top-ranked section is always cited: when the model's kept sentences all
+            # came from lower-ranked sources, add that section's best evidence sentence.
+            if 1 not in ans.cited_numbers("".join(streamed)) and (lead := ans.lead_evidence(evidence)):
+                streamed.append(f" {lead.sentence} [{lead.n}]")
+                yield streamed[-1]
             text = "".join(streamed)
             yield finish(text, True, "generated", evidence, tokens, dropped_sentences=dropped)
             return
