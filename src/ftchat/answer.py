@@ -109,13 +109,15 @@ def condense(question: str, history: list[str]) -> str:
     """The query to retrieve with: a follow-up is read together with the previous turn.
 
     Deterministic on purpose: a follow-up (pronoun, "and ...", "what about ...", or
-    only a couple of content words) is prefixed with the previous turn's own query, so
+    a single content word) is prefixed with the previous turn's own query, so
     "what does it cost in memory?" after a QLoRA question searches for QLoRA and memory.
+    A short question with two content words ("What is Zorblax tuning?") stands alone:
+    it usually names a new topic.
     """
     query = ""
     for turn in [*history, question]:
         turn = " ".join(turn.split())
-        if query and (_FOLLOW_UP.search(turn) or len(tokenize(turn)) <= 2):
+        if query and (_FOLLOW_UP.search(turn) or len(tokenize(turn)) <= 1):
             # Keep only the last two turns' words so an old topic does not stick forever.
             previous = query.split(" || ")[-1]
             query = f"{previous} || {turn}"

@@ -153,9 +153,12 @@ class Assistant:
             dropped.append(tail)
 
         if streamed:
-            # The top-ranked section is always cited: when the model's kept sentences all
-            # came from lower-ranked sources, add that section's best evidence sentence.
-            if 1 not in ans.cited_numbers("".join(streamed)) and (lead := ans.lead_evidence(evidence)):
+            # The top-ranked section should be cited: when the model's kept sentences all
+            # came from lower-ranked sources, add that section's best evidence sentence,
+            # if it is about as relevant as the best evidence (not a near miss).
+            lead = ans.lead_evidence(evidence)
+            best = max(e.score for e in evidence.items)
+            if lead and 1 not in ans.cited_numbers("".join(streamed)) and lead.score >= best - 0.1:
                 streamed.append(f" {lead.sentence} [{lead.n}]")
                 yield streamed[-1]
             text = "".join(streamed)

@@ -134,6 +134,28 @@ if (navigator.clipboard && navigator.clipboard.writeText) {
 """
 
 
+# --- Memory in a long-running server --------------------------------------------------
+
+try:  # glibc only; elsewhere these are no-ops
+    import ctypes
+
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:
+    _LIBC = None
+
+
+def limit_malloc_arenas() -> None:
+    """Each Gradio worker thread that runs torch gets its own malloc arena by default, and
+    freed memory stays in those arenas, so a server's RSS creeps up with every new thread."""
+    if _LIBC is not None:
+        _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def release_free_memory() -> None:
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 # --- Model warm-up ------------------------------------------------------------------------
 
 
@@ -281,6 +303,7 @@ class ChatApp:
                 yield kind, value
         finally:
             cancel.set()
+            release_free_memory()
 
     # Uploads -----------------------------------------------------------------------
 
@@ -827,6 +850,7 @@ def launch(
         auth = auth_from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
+    limit_malloc_arenas()
     assistant = Assistant(settings)
     index = assistant.index  # builds it first when missing or stale
     log.info("Index ready: %d passages from %d documents (%.1f s)", len(index.chunks),
