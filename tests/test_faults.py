@@ -52,6 +52,15 @@ def without_model_package(tmp_path):
     return shim
 
 
+def wait_until_ready(process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    """Wait for the app's "page ready" line; fail with the log's tail if it dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while "ftchat page ready" not in log_path.read_text(errors="replace"):
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.25)
+
+
 def _env(base: dict, shim: Path | None = None) -> dict:
     env = dict(base)
     if shim is not None:
@@ -156,11 +165,7 @@ def test_missing_model_package_app_starts_and_says_so(small_corpus_settings, sma
         process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT,
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
-            while "ftchat page ready" not in log_path.read_text(errors="replace"):
-                assert process.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.25)
+            wait_until_ready(process, log_path)
             client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
             answer = list(client.submit("What is LoRA?", [], 0, api_name="/ask"))[-1]
             assert answer["done"] and INSTALL_HINT in answer["error"], answer
@@ -428,11 +433,7 @@ def test_with_auth_requests_without_credentials_are_refused(small_corpus_setting
         process = subprocess.Popen([str(FTCHAT_BIN), "serve", "--port", str(port)], cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
-            while "ftchat page ready" not in log_path.read_text(errors="replace"):
-                assert process.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.25)
+            wait_until_ready(process, log_path)
             with httpx.Client(base_url=url, timeout=20) as http:
                 assert http.get("/config").status_code == 401
                 info = http.get("/gradio_api/info")
