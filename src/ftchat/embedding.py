@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -51,45 +53,166 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+# The Sentence-Transformers modules a model may consist of for the direct path to apply.
+_DIRECT_MODULES = {
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+}
+
+
+def _direct_pipeline(folder: Path) -> tuple[str, int] | None:
+    """(pooling, max tokens) when the folder is a plain transformer + pooling + normalize model.
+
+    Those three steps are a few lines of torch, while importing sentence-transformers costs
+    about 3 s and 150 MB (it pulls in scikit-learn and SciPy): the difference between a
+    chat that starts in 5 s and one that starts in 8. Anything else goes through
+    sentence-transformers itself.
+    """
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        types = [m["type"] for m in modules]
+        if not set(types) <= _DIRECT_MODULES or types[-1] != "sentence_transformers.models.Normalize":
+            return None
+        pooling_path = next(m["path"] for m in modules if m["type"].endswith(".Pooling"))
+        pooling = json.loads((folder / pooling_path / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None
+    modes = [mode for mode in ("mean_tokens", "cls_token") if pooling.get(f"pooling_mode_{mode}")]
+    others = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
+    if len(modes) != 1 or len(others) != 1 or config.get("do_lower_case"):
+        return None
+    return modes[0], int(config.get("max_seq_length") or 512)
+
+
+class _DirectEncoder:
+    """Transformer, then mean or CLS pooling, then L2 normalisation: sentence-transformers' maths."""
+
+    def __init__(self, folder: Path, pooling: str, max_tokens: int) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.network = AutoModel.from_pretrained(folder).eval()
+        self.pooling = pooling
+        self.max_seq_length = max_tokens
+        self.dimensions = int(self.network.config.hidden_size)
+
+    def encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        torch = self._torch
+        # Longest first, like sentence-transformers, so each batch carries little padding.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        batches = range(0, len(order), batch_size)
+        if progress and len(order) > batch_size:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="Embedding", unit="batch")
+        with torch.inference_mode():
+            for start in batches:
+                rows = order[start:start + batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in rows], padding=True, truncation=True,
+                    max_length=self.max_seq_length, return_tensors="pt",
+                )
+                hidden = self.network(**batch).last_hidden_state
+                if self.pooling == "cls_token":
+                    pooled = hidden[:, 0]
+                else:
+                    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[rows] = pooled.float().numpy()
+        return out
+
+
+class _SentenceTransformersEncoder:
+    """Any other model: let sentence-transformers run its own module pipeline."""
+
+    def __init__(self, location: str) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(location, device="cpu")
+        self.max_seq_length = int(self.model.max_seq_length)
+        self.dimensions = int(self.model.get_embedding_dimension())
+
+    def encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        return self.model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=progress,
+        )
+
+
+def load_encoder(location: str, direct: bool = True) -> _DirectEncoder | _SentenceTransformersEncoder:
+    """The fast direct encoder where the model allows it (and `direct`), else sentence-transformers."""
+    folder = Path(location)
+    if folder.is_dir():
+        # A local model must never trigger a hub lookup (there is no network here).
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_transformers()
+    if direct and folder.is_dir():
+        plan = _direct_pipeline(folder)
+        if plan is not None:
+            return _DirectEncoder(folder, *plan)
+    return _SentenceTransformersEncoder(location)
+
+
 class Embedder:
     """Loads its model on first use; encode() returns L2-normalised float32 rows."""
 
+    # Sentences of the guide recur across questions (evidence is picked from the same
+    # sections again and again); remembering their vectors takes ~100 ms off each answer's
+    # first token. 1.5 KB per sentence: the bound keeps this under ~30 MB.
+    SENTENCE_MEMORY = 20_000
+
     def __init__(self, name: str = DEFAULT_EMBEDDER) -> None:
         self.name = name
-        self._model = None
+        self._model: _DirectEncoder | _SentenceTransformersEncoder | None = None
         self._lock = threading.Lock()
+        self._remembered: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memory_lock = threading.Lock()
 
     @property
-    def model(self):
+    def model(self) -> _DirectEncoder | _SentenceTransformersEncoder:
         with self._lock:
             if self._model is None:
-                location = resolve_embedder(self.name)
-                if Path(location).is_dir():
-                    # A local model must never trigger a hub lookup (there is no network here).
-                    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                quiet_transformers()
-                from sentence_transformers import SentenceTransformer
-
-                self._model = SentenceTransformer(location, device="cpu")
+                self._model = load_encoder(resolve_embedder(self.name))
             return self._model
 
     @property
     def dimensions(self) -> int:
-        return int(self.model.get_embedding_dimension())
+        return self.model.dimensions
 
     @property
     def max_tokens(self) -> int:
-        return int(self.model.max_seq_length)
+        return self.model.max_seq_length
 
     def encode(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        vectors = self.model.encode(
-            texts,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress,
-        )
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        vectors = self.model.encode(list(texts), batch_size=batch_size, progress=progress)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_remembered(self, texts: list[str]) -> np.ndarray:
+        """encode(), remembering each text's vector for later calls (least recently used go)."""
+        with self._memory_lock:
+            known = {t: self._remembered[t] for t in texts if t in self._remembered}
+            for t in known:
+                self._remembered.move_to_end(t)
+        fresh = list(dict.fromkeys(t for t in texts if t not in known))
+        if fresh:
+            for text, vector in zip(fresh, self.encode(fresh), strict=True):
+                known[text] = vector
+            with self._memory_lock:
+                for text in fresh:
+                    self._remembered[text] = known[text]
+                while len(self._remembered) > self.SENTENCE_MEMORY:
+                    self._remembered.popitem(last=False)
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        return np.stack([known[t] for t in texts])
 
 
 _CACHE: dict[str, Embedder] = {}
