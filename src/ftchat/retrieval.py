@@ -54,7 +54,8 @@ class Retriever:
         self.embedder = embedder
         self.settings = settings
 
-    def search(self, question: str, k: int | None = None) -> list[Passage]:
+    def search(self, question: str, k: int | None = None, vector: np.ndarray | None = None) -> list[Passage]:
+        """The k best passages; `vector` is the question's embedding when the caller has it."""
         k = self.settings.top_k if k is None else k
         if k < 1:
             raise QuestionError("k must be at least 1")
@@ -62,7 +63,7 @@ class Retriever:
         n = len(self.index)
         depth = min(max(self.settings.candidates, k), n)
 
-        vector = self.embedder.encode([query])
+        vector = self.embedder.encode([query]) if vector is None else vector.reshape(1, -1)
         dense_scores, dense_ids = self.index.vectors.search(vector, depth)
         pairs = zip(dense_ids[0], dense_scores[0], strict=True)
         dense_by_doc = {int(d): float(s) for d, s in pairs if d >= 0}
