@@ -117,6 +117,37 @@ def test_bad_questions_get_clear_errors_or_grounded_replies(assistant) -> None:
     assert_well_formed(foreign)
 
 
+def test_a_reader_that_stops_reading_stops_the_model(assistant) -> None:
+    from ftchat.generation import GenerationConfig
+
+    generator = assistant.generator
+    messages = [{"role": "user", "content": "Count from one to two hundred, in words."}]
+    pieces = generator.stream(messages, GenerationConfig(max_new_tokens=200))
+    read = [next(pieces) for _ in range(3)]
+    pieces.close()
+    assert read and generator.last_decoded_tokens < 20  # not the 200 it was allowed
+
+
+def test_generation_is_abandoned_after_repeated_unsupported_sentences(assistant) -> None:
+    from ftchat.api import GIVE_UP_AFTER
+
+    questions = ["What is LoRA?", "What is catastrophic forgetting?", "What does SMOTE do?",
+                 "What is knowledge distillation?"]
+    abandoned = 0
+    for question in questions:
+        answer = assistant.ask(question)
+        assert_well_formed(answer)
+        decoded = assistant.generator.last_decoded_tokens
+        if answer.mode == "extractive":
+            # Nothing kept means the first GIVE_UP_AFTER sentences failed and decoding stopped
+            # there (or the model ended or was cut off before writing that many).
+            assert len(answer.dropped_sentences) <= GIVE_UP_AFTER, answer.dropped_sentences
+            abandoned += len(answer.dropped_sentences) == GIVE_UP_AFTER
+            if len(answer.dropped_sentences) == GIVE_UP_AFTER:
+                assert decoded < assistant.settings.max_new_tokens
+    assert abandoned, "no question exercised the give-up path"
+
+
 def test_verification_drops_unsupported_sentences(assistant) -> None:
     passages = assistant.search("What is QLoRA?")
     evidence = ans.select_evidence("What is QLoRA?", passages, assistant.retriever.embedder)
@@ -131,6 +162,12 @@ def test_verification_drops_unsupported_sentences(assistant) -> None:
     assert not invented.supported
     off_topic = ans.verify_sentence("Paris is the capital of France and a lovely city.", evidence, embedder)
     assert not off_topic.supported
+    # Known early: a sentence is lost once it has a complete word that no source allows.
+    opening = evidence.items[0].sentence
+    assert evidence.can_still_pass(opening[: len(opening) // 2])
+    assert evidence.can_still_pass("QLoRA [1] is Parisi")  # the last word may still grow
+    assert not evidence.can_still_pass("QLoRA comes from a Parisian bakery and")
+    assert not ans.verify_sentence("QLoRA comes from a Parisian bakery.", evidence, embedder).supported
 
 
 def test_cli_ask_json_matches_the_contract(guide_settings) -> None:

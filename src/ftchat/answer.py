@@ -181,6 +181,17 @@ class EvidenceSet:
                 words |= set(tokenize(e.sentence)) | set(tokenize(e.passage.chunk.title))
         return words
 
+    def can_still_pass(self, unfinished: str) -> bool:
+        """False once an unfinished sentence has a complete word that no source allows.
+
+        Verification allows no content word outside the matched source's evidence, so such
+        a sentence fails however it ends; knowing it early saves decoding the rest.
+        """
+        text = _claim_text(unfinished)
+        complete = text[: max(text.rfind(" "), 0)]  # the last word may still be growing
+        allowed = _GENERIC_WORDS.union(*(self.vocabulary_for(n) for n in self.passages))
+        return all(t in allowed for t in tokenize(complete))
+
     @property
     def passages(self) -> dict[int, Passage]:
         return {e.n: e.passage for e in self.items}
@@ -191,7 +202,7 @@ class EvidenceSet:
         items = [Evidence(c.n, c.passage, q, 0.0) for c in citations for q in c.quotes]
         if not items:
             return cls([], np.zeros((0, 1), dtype=np.float32), set())
-        return cls(items, embedder.encode([e.sentence for e in items]), set(tokenize(question)))
+        return cls(items, embedder.encode_remembered([e.sentence for e in items]), set(tokenize(question)))
 
     def numbered_sources(self) -> str:
         lines = []
@@ -223,7 +234,10 @@ def is_instruction(sentence: str) -> bool:
 _LEANS_ON_CONTEXT = re.compile(r"(it|its|this|these|they|those|such|that|here)\b", re.IGNORECASE)
 
 
-def select_evidence(question: str, passages: list[Passage], embedder: Embedder) -> EvidenceSet:
+def select_evidence(
+    question: str, passages: list[Passage], embedder: Embedder, query_vector: np.ndarray | None = None
+) -> EvidenceSet:
+    """The sentences that best answer the question; `query_vector` saves re-embedding it."""
     if not passages:
         return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
     best = max(p.dense for p in passages)
@@ -235,8 +249,9 @@ def select_evidence(question: str, passages: list[Passage], embedder: Embedder) 
                 candidates.append((passage, position, sentence))
     if not candidates:
         return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
-    vectors = embedder.encode([s for _, _, s in candidates])
-    query_vector = embedder.encode([question])[0]
+    vectors = embedder.encode_remembered([s for _, _, s in candidates])
+    if query_vector is None:
+        query_vector = embedder.encode([question])[0]
     question_terms = set(tokenize(question))
     scored = []
     for i, (passage, position, sentence) in enumerate(candidates):
@@ -333,10 +348,15 @@ class Verdict:
     text: str
 
 
+def _claim_text(sentence: str) -> str:
+    """What a sentence claims: without citation markers or an "Answer:" preamble."""
+    text = _MARKERS.sub("", sentence).strip()
+    return re.sub(r"^(answer|according to the sources?)[:,]\s*", "", text, flags=re.IGNORECASE)
+
+
 def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) -> Verdict:
     cited = cited_numbers(sentence)
-    text = _MARKERS.sub("", sentence).strip()
-    text = re.sub(r"^(answer|according to the sources?)[:,]\s*", "", text, flags=re.IGNORECASE)
+    text = _claim_text(sentence)
     terms = tokenize(text)
     if not evidence.items or len(text.split()) < 3 or not terms:
         return Verdict(False, 0, 0.0, 1.0, text)

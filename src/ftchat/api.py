@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 
 from . import answer as ans
 from .config import Settings
@@ -19,6 +20,13 @@ from .embedding import get_embedder
 from .generation import GenerationConfig, Generator, generator_is_loaded, get_generator
 from .index import Index, open_index
 from .retrieval import Passage, Retriever, clean_question
+
+# Sentences in a row that may fail verification before generation is abandoned; a sentence
+# counts as failed as soon as it holds a word no source allows. Replaying the model's
+# output for 30 eval questions: this keeps every sentence that verification kept without
+# it, and decodes a median of 27 tokens instead of 66. Giving up after one failure decoded
+# 4, but lost a kept sentence.
+GIVE_UP_AFTER = 2
 
 
 class Assistant:
@@ -87,8 +95,9 @@ class Assistant:
         if (load_ms := (time.perf_counter() - loading) * 1000) > 50:
             timings["load_ms"] = load_ms
         started = time.perf_counter()
-        query = ans.condense(question, history or [])
-        passages = retriever.search(query, k or self.settings.top_k)
+        query = clean_question(ans.condense(question, history or []), self.settings)
+        query_vector = retriever.embedder.encode([query])[0]
+        passages = retriever.search(query, k or self.settings.top_k, query_vector)
         timings["retrieve_ms"] = (time.perf_counter() - started) * 1000
 
         def finish(text: str, answerable: bool, mode: str, evidence, tokens: int = 0, **extra):
@@ -113,7 +122,7 @@ class Assistant:
             self.generator  # noqa: B018 - loads it now
             timings["load_ms"] = timings.get("load_ms", 0.0) + (time.perf_counter() - loading) * 1000
             started += (time.perf_counter() - loading)
-        evidence = ans.select_evidence(query, passages, embedder)
+        evidence = ans.select_evidence(query, passages, embedder, query_vector)
         context = history[-1] if history and query != question else None
         messages = ans.build_messages(question, evidence, context)
         config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
@@ -135,15 +144,29 @@ class Assistant:
             streamed.append(("" if len(emitted) == 1 else " ") + f"{verdict.text} [{verdict.n}]")
             return streamed[-1]
 
-        for piece in self.generator.stream(messages, config):
-            if "first_token_ms" not in timings:
-                timings["first_token_ms"] = (time.perf_counter() - started) * 1000
-            tokens += 1
-            buffer += piece
-            while match := ans.SENTENCE_BOUNDARY.search(buffer):
-                sentence, buffer = buffer[: match.end()], buffer[match.end() :]
-                if (out := judge(sentence)) is not None:
-                    yield out
+        failed_in_a_row = 0
+        with closing(self.generator.stream(messages, config)) as pieces:
+            for piece in pieces:
+                if "first_token_ms" not in timings:
+                    timings["first_token_ms"] = (time.perf_counter() - started) * 1000
+                tokens += 1
+                buffer += piece
+                while match := ans.SENTENCE_BOUNDARY.search(buffer):
+                    sentence, buffer = buffer[: match.end()], buffer[match.end() :]
+                    if (out := judge(sentence)) is not None:
+                        failed_in_a_row = 0
+                        yield out
+                    else:
+                        failed_in_a_row += 1
+                # The sentence still being written may already be sure to fail.
+                doomed = bool(buffer.strip()) and not evidence.can_still_pass(buffer)
+                if failed_in_a_row + doomed >= GIVE_UP_AFTER:
+                    # The model has drifted from its evidence; what it writes next is
+                    # dropped too, so stop paying for it.
+                    if doomed:
+                        dropped.append(buffer.strip())
+                    buffer = ""
+                    break
         tail = buffer.strip()
         # A tail without final punctuation was cut off by the token limit: never shown.
         if tail and tail.rstrip("]0123456789[ ,")[-1:] in ".!?":
