@@ -78,11 +78,12 @@ def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
 
     cache_dir = tmp_path / "cache"
     user_models = Settings().cache_dir / "models"
-    existing = sorted(user_models.glob("smollm2-135m-*")) if user_models.is_dir() else []
+    # The float32 cache (each dtype has its own folder; damage is detected the same way).
+    existing = sorted(user_models.glob("smollm2-135m-[0-9]*[0-9]")) if user_models.is_dir() else []
     if existing and _cache_is_valid(existing[0]):
         shutil.copytree(existing[0], cache_dir / "models" / existing[0].name)  # saves a 20 s build
     else:
-        load_generator("smollm2-135m", cache_dir)  # the first load builds the cache
+        load_generator("smollm2-135m", cache_dir, "float32")  # the first load builds the cache
     folder = next((cache_dir / "models").glob("smollm2-135m-*"))
     assert _cache_is_valid(folder)
 
@@ -94,14 +95,14 @@ def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
     assert weights.stat().st_size == size and not _cache_is_valid(folder)
 
     with caplog.at_level(logging.WARNING, logger="ftchat"):
-        generator = load_generator("smollm2-135m", cache_dir)
+        generator = load_generator("smollm2-135m", cache_dir, "float32")
     assert any("damaged" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records)
     assert _cache_is_valid(folder), "the cache was not rebuilt"
     assert generator.source.endswith(".gguf")  # this load came from the package, not the bad cache
     text = "".join(generator.stream([{"role": "user", "content": "Say hello."}],
                                     GenerationConfig(max_new_tokens=5)))
     assert text.strip()
-    again = load_generator("smollm2-135m", cache_dir)
+    again = load_generator("smollm2-135m", cache_dir, "float32")
     assert again.source == str(folder)
 
 

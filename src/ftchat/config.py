@@ -55,9 +55,9 @@ class Settings:
     gate_threshold: float = field(default_factory=lambda: _calibrated_threshold())
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
     max_question_chars: int = 2000
-    # Generator speed: weight dtype ("auto" = int8 dynamic quantization of the linear layers
-    # where torch has x86 kernels for it, else float32; or "float32", "bfloat16", "int8") and torch threads
-    # (0 = torch's default, one per physical core). `ftchat bench` shows what was chosen.
+    # Generator speed: weight dtype ("auto" = bfloat16 where the CPU runs it natively, else
+    # float32; or "float32", "bfloat16", "int8") and torch threads (0 = torch's default, one
+    # per physical core). `ftchat bench` shows what was chosen.
     dtype: str = field(default_factory=lambda: os.environ.get("FTCHAT_DTYPE", "auto"))
     threads: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_THREADS", "0") or 0))
 
