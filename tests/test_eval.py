@@ -43,6 +43,30 @@ def test_calibration_separates_in_and_out_of_scope() -> None:
     assert result["in_scope_accuracy"] == 1.0 and result["out_of_scope_accuracy"] == 1.0
 
 
+def test_cross_validation_scores_each_fold_with_a_threshold_fitted_elsewhere() -> None:
+    separable = [(0.1 + 0.01 * i, False) for i in range(10)] + [(0.6 + 0.01 * i, True) for i in range(20)]
+    result = ev.cross_validate(separable, folds=5)
+    assert result["folds"] == 5 and len(result["thresholds"]) == 5
+    assert result["in_scope_accuracy"] == 1.0 and result["out_of_scope_accuracy"] == 1.0
+    # Overlapping scores: the threshold fitted on all rows looks better on them than the
+    # thresholds fitted without each fold do on that fold.
+    overlapping = [(0.2, False), (0.5, True), (0.3, False), (0.6, True), (0.45, False),
+                   (0.7, True), (0.25, False), (0.4, True), (0.8, True), (0.35, False)]
+    in_sample = ev.calibrate(overlapping)
+    cv = ev.cross_validate(overlapping, folds=5)
+    assert (in_sample["in_scope_accuracy"], in_sample["out_of_scope_accuracy"]) == (1.0, 0.8)
+    assert (cv["in_scope_accuracy"], cv["out_of_scope_accuracy"]) == (0.6, 0.6)
+    assert ev.cross_validate([(0.5, True)] * 4, folds=2)["folds"] == 0  # no out-of-scope rows to fit on
+
+
+def test_held_out_questions_are_retrieved_like_the_eval_set(assistant) -> None:
+    """eval/heldout.jsonl was written blind, after the corpus, and is never tuned against."""
+    rows = ev.load_rows(ev.DEFAULT_EVAL_FILE.with_name("heldout.jsonl"))
+    assert len(rows) >= 20 and all(r.answerable for r in rows)
+    report = ev.evaluate_retrieval(assistant, rows)
+    assert report.recall_at_5 >= 0.85, report.misses
+
+
 @pytest.mark.slow
 def test_answer_floors_on_a_fixed_sample(assistant) -> None:
     # Every fourth in-scope question (generation costs seconds each) and every out-of-scope one.

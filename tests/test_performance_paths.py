@@ -72,3 +72,58 @@ def test_int8_keeps_the_output_layer_in_float_and_reads_fewer_bytes(guide_settin
     assert fast.weight_bytes() < plain.weight_bytes() / 2
     messages = [{"role": "user", "content": "Say hello."}]
     assert "".join(fast.stream(messages)).strip()
+
+
+RACE = """
+import threading
+from ftchat.config import DEFAULT_EMBEDDER, Settings
+from ftchat.embedding import Embedder
+from ftchat.generation import GenerationConfig, load_generator
+
+settings = Settings()
+messages = [{"role": "user", "content": "Say hello."}]
+for round in range(4):  # the first round races imports, every round the dtype switch
+    errors, out, start = [], {}, threading.Barrier(2)
+
+    def embed():
+        start.wait()
+        try:
+            out["vectors"] = Embedder(DEFAULT_EMBEDDER).encode(["What is LoRA?"])
+        except Exception as exc:
+            errors.append(exc)
+
+    def generate():
+        start.wait()
+        try:
+            out["generator"] = load_generator(settings.model, settings.cache_dir, "bfloat16")
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=embed), threading.Thread(target=generate)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    print(round, "".join(out["generator"].stream(messages, GenerationConfig(max_new_tokens=4))))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_embedder_and_generator_loading_at_once_in_a_fresh_process(guide_settings, attempt):
+    """The page's warm-up and a first question load both models in two threads at once.
+
+    Without a common load lock this failed every attempt here (an import error, or a model
+    with mixed dtypes that failed every answer); each attempt is a new process because only
+    the first loads race the imports.
+    """
+    import subprocess
+    import sys
+
+    from guide_fixtures import guide_env
+
+    result = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True,
+                            env=guide_env(guide_settings), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()

@@ -250,7 +250,8 @@ def eval_command(file: Path | None, as_json: bool, retrieval_only: bool, calibra
     assistant = Assistant(_settings(model=model))
     report: dict = {"eval_file": str(file or ev.DEFAULT_EVAL_FILE), "model": assistant.settings.model}
     if calibrate:
-        report["gate"] = ev.calibrate(ev.gate_scores(assistant, rows))
+        scores = ev.gate_scores(assistant, rows)
+        report["gate"] = {**ev.calibrate(scores), "cross_validated": ev.cross_validate(scores)}
         ev.write_calibration(report["gate"])
         assistant = Assistant(_settings(model=model))
     report["retrieval"] = asdict(ev.evaluate_retrieval(assistant, rows))
@@ -265,6 +266,13 @@ def eval_command(file: Path | None, as_json: bool, retrieval_only: bool, calibra
     click.echo(f"| retrieval recall@1 | {r['recall_at_1']:.3f} |")
     click.echo(f"| retrieval recall@5 | {r['recall_at_5']:.3f} |")
     click.echo(f"| retrieval MRR | {r['mrr']:.3f} |")
+    if "gate" in report:
+        g, cv = report["gate"], report["gate"]["cross_validated"]
+        click.echo(f"| gate threshold (saved) | {g['threshold']:.4f} |")
+        click.echo(f"| gate in/out-of-scope accuracy, in-sample | "
+                   f"{g['in_scope_accuracy']:.1%} / {g['out_of_scope_accuracy']:.1%} |")
+        click.echo(f"| gate in/out-of-scope accuracy, {cv['folds']}-fold cross-validated | "
+                   f"{cv['in_scope_accuracy']:.1%} / {cv['out_of_scope_accuracy']:.1%} |")
     if "answers" in report:
         a = report["answers"]
         click.echo(f"| in-scope questions answered | {a['in_scope_answered']:.1%} |")

@@ -20,6 +20,13 @@ BUNDLED_EMBEDDERS = {
 }
 
 
+# transformers' lazy imports and the default dtype it sets while building a model are
+# process-wide: an embedder and a generator loading at once in two threads (the page's
+# warm-up and a first question) failed imports or built a model with mixed dtypes that
+# failed every answer. Every model load in ftchat holds this lock.
+MODEL_LOADING = threading.RLock()
+
+
 class ModelNotAvailable(Exception):
     """A model's package or folder is missing; the message says how to get it."""
 
@@ -178,7 +185,8 @@ class Embedder:
     def model(self) -> _DirectEncoder | _SentenceTransformersEncoder:
         with self._lock:
             if self._model is None:
-                self._model = load_encoder(resolve_embedder(self.name))
+                with MODEL_LOADING:
+                    self._model = load_encoder(resolve_embedder(self.name))
             return self._model
 
     @property

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .embedding import ModelNotAvailable, package_dir, quiet_transformers
+from .embedding import MODEL_LOADING, ModelNotAvailable, package_dir, quiet_transformers
 from .index import sha256_file
 
 log = logging.getLogger(__name__)
@@ -363,6 +363,11 @@ def _quantize_int8(model):
 def load_generator(name: str, cache_dir: Path, dtype: str | None = None,
                    threads: int | None = None) -> Generator:
     """Load a model: dtype 'auto'/None picks bfloat16 where the CPU runs it natively."""
+    with MODEL_LOADING:
+        return _load_generator(name, cache_dir, dtype, threads)
+
+
+def _load_generator(name: str, cache_dir: Path, dtype: str | None, threads: int | None) -> Generator:
     quiet_transformers()
     started = time.perf_counter()
     dtype = resolve_dtype(dtype)
