@@ -10,6 +10,7 @@ Fixtures meant for reuse by other test files:
     small_index            the Index built for it once per session (do not mutate)
     embedder               the real, process-wide cached Embedder
     fresh_settings         per-test Settings over a private, editable copy of the corpus
+    built_index_template   Settings of a corpus copy indexed once; copy its index_dir before damaging it
     make_pdf               function(pages: list[str]) -> bytes of a valid text-layer PDF
     cli_env                function(settings) -> environment for running the `ftchat` script
 """
@@ -225,6 +226,18 @@ def small_index(small_corpus_settings, embedder):
     from ftchat.index import open_index
 
     return open_index(small_corpus_settings)
+
+
+@pytest.fixture(scope="session")
+def built_index_template(tmp_path_factory, small_corpus_dir, embedder) -> Settings:
+    """An index of a private corpus copy, built once; tests copy the index folder and damage it."""
+    from ftchat.index import open_index
+
+    root = tmp_path_factory.mktemp("index-template")
+    shutil.copytree(small_corpus_dir, root / "corpus")
+    settings = settings_for(root)
+    open_index(settings)
+    return settings
 
 
 @pytest.fixture

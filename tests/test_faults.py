@@ -328,22 +328,11 @@ def test_read_only_index_folder_and_corpus(fresh_settings, cli_env):
 # --- Damaged index files: detected, rebuilt, and said so in the log ---------------------------
 
 
-@pytest.fixture(scope="module")
-def good_index(tmp_path_factory, small_corpus_dir, embedder):
-    from conftest import settings_for
-
-    root = tmp_path_factory.mktemp("faults-index")
-    shutil.copytree(small_corpus_dir, root / "corpus")
-    settings = settings_for(root)
-    open_index(settings)
-    return settings
-
-
 @pytest.mark.parametrize("how", ["garbage", "delete"])
 @pytest.mark.parametrize("artifact", [*ARTIFACTS, "manifest.json", "CURRENT"])
-def test_damaged_index_file_is_logged_by_name(good_index, tmp_path, caplog, artifact, how):
-    settings = dataclasses.replace(good_index, index_dir=tmp_path / "index")
-    shutil.copytree(good_index.index_dir, settings.index_dir)
+def test_damaged_index_file_is_logged_by_name(built_index_template, tmp_path, caplog, artifact, how):
+    settings = dataclasses.replace(built_index_template, index_dir=tmp_path / "index")
+    shutil.copytree(built_index_template.index_dir, settings.index_dir)
     version = Index.load(settings.index_dir).path
     target = settings.index_dir / "CURRENT" if artifact == "CURRENT" else version / artifact
     if how == "delete":
@@ -357,7 +346,7 @@ def test_damaged_index_file_is_logged_by_name(good_index, tmp_path, caplog, arti
     assert any("unusable" in w and "rebuilt" in w for w in warnings), warnings
     named = artifact if artifact != "CURRENT" else "CURRENT"
     assert any(named in w or (artifact == "CURRENT" and "no index" in w) for w in warnings), warnings
-    assert rebuilt.path != version and len(rebuilt) == len(Index.load(good_index.index_dir))
+    assert rebuilt.path != version and len(rebuilt) == len(Index.load(built_index_template.index_dir))
 
 
 # --- Network exposure: loopback by default, a loud warning otherwise, auth enforced -----------

@@ -15,7 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from conftest import FTCHAT_BIN, PDF_PAGE_1, PDF_PAGE_3, settings_for
+from conftest import FTCHAT_BIN, PDF_PAGE_1, PDF_PAGE_3
 
 from ftchat import __version__
 from ftchat.corpus import display_path
@@ -257,16 +257,6 @@ def test_interrupted_save_keeps_previous_index(fresh_settings, monkeypatch, wher
 
 
 # --- Damaged index files -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def built_index_template(tmp_path_factory, small_corpus_dir, embedder):
-    """An index of a private corpus copy, built once; tests copy the index folder and damage it."""
-    root = tmp_path_factory.mktemp("damage")
-    shutil.copytree(small_corpus_dir, root / "corpus")
-    settings = settings_for(root)
-    open_index(settings)
-    return settings
 
 
 def _damage(path: Path, how: str) -> None:

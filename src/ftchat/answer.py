@@ -10,6 +10,7 @@ evidence sentences themselves (the "extractive" path), still with citations.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -189,8 +190,12 @@ class EvidenceSet:
         """
         text = _claim_text(unfinished)
         complete = text[: max(text.rfind(" "), 0)]  # the last word may still be growing
-        allowed = _GENERIC_WORDS.union(*(self.vocabulary_for(n) for n in self.passages))
-        return all(t in allowed for t in tokenize(complete))
+        return all(t in self._any_source_words for t in tokenize(complete))
+
+    @functools.cached_property
+    def _any_source_words(self) -> frozenset[str]:
+        # Asked once per decoded token: tokenizing the evidence each time is wasted work.
+        return _GENERIC_WORDS.union(*(self.vocabulary_for(n) for n in self.passages))
 
     @property
     def passages(self) -> dict[int, Passage]:

@@ -205,6 +205,8 @@ class Embedder:
 
     def encode_remembered(self, texts: list[str]) -> np.ndarray:
         """encode(), remembering each text's vector for later calls (least recently used go)."""
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
         with self._memory_lock:
             known = {t: self._remembered[t] for t in texts if t in self._remembered}
             for t in known:
@@ -218,8 +220,6 @@ class Embedder:
                     self._remembered[text] = known[text]
                 while len(self._remembered) > self.SENTENCE_MEMORY:
                     self._remembered.popitem(last=False)
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
         return np.stack([known[t] for t in texts])
 
 
