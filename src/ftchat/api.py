@@ -59,10 +59,11 @@ class Assistant:
     @property
     def generator(self) -> Generator:
         s = self.settings
-        return get_generator(s.model, s.cache_dir, s.dtype, s.threads)
+        return get_generator(s.model, s.cache_dir, s.dtype, s.threads, s.decoder)
 
     def generator_loaded(self) -> bool:
-        return generator_is_loaded(self.settings.model, self.settings.cache_dir, self.settings.dtype)
+        s = self.settings
+        return generator_is_loaded(s.model, s.cache_dir, s.dtype, s.decoder)
 
     def reload(self, index: Index) -> None:
         with self._lock:

@@ -84,7 +84,14 @@ def cpu_model() -> str:
 def machine(settings: Settings) -> dict:
     import torch
 
-    from .generation import bf16_native, cpu_flags, int8_supported, resolve_dtype, resolve_threads
+    from .generation import (
+        bf16_native,
+        cpu_flags,
+        int8_supported,
+        resolve_decoder,
+        resolve_dtype,
+        resolve_threads,
+    )
 
     flags = cpu_flags()
     return {
@@ -102,6 +109,7 @@ def machine(settings: Settings) -> dict:
         "int8_kernels": int8_supported(),
         "dtype": resolve_dtype(settings.dtype),
         "dtype_setting": settings.dtype,
+        "decoder_setting": resolve_decoder(settings.decoder),
         "threads_setting": settings.threads,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
@@ -173,37 +181,34 @@ def bench_answers(assistant, questions: list[str], repeats: int) -> dict:
 
 
 def bench_decode(assistant, generator, repeats: int) -> dict:
-    """Prefill and decode speed of the generator on a real answer prompt, greedy, fixed length."""
-    import torch
+    """Prefill and decode speed of the generator on a real answer prompt, greedy, fixed length.
 
+    Prefill is timed to the first token (the whole prompt read, one token chosen); decoding
+    is every token after it."""
     from . import answer as ans
 
     question = ANSWER_QUESTIONS[0]
     passages = assistant.retriever.search(question)
     evidence = ans.select_evidence(question, passages, assistant.retriever.embedder)
-    ids = torch.tensor([generator.prompt_tokens(ans.build_messages(question, evidence))])
-    pad = generator.tokenizer.pad_token_id or generator.tokenizer.eos_token_id
+    prompt = generator.prompt_tokens(ans.build_messages(question, evidence))
     prefill, decode = [], []
-    with torch.inference_mode():
-        generator.model(ids)  # warm-up
-        for _ in range(repeats + 1):
-            started = time.perf_counter()
-            generator.model(ids)
-            prefill_s = time.perf_counter() - started
-            started = time.perf_counter()
-            out = generator.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS, pad_token_id=pad,
-            )
-            total_s = time.perf_counter() - started
-            new = out.shape[1] - ids.shape[1]
-            prefill.append(ids.shape[1] / prefill_s)
-            decode.append((new - 1) / max(total_s - prefill_s, 1e-6))
+    for _ in range(repeats + 1):  # the first run is a warm-up
+        started = time.perf_counter()
+        first_s = None
+        produced = 0
+        for _token in generator.tokens(prompt, DECODE_TOKENS, to_the_limit=True):
+            produced += 1
+            if first_s is None:
+                first_s = time.perf_counter() - started
+        total_s = time.perf_counter() - started
+        prefill.append(len(prompt) / first_s)
+        decode.append((produced - 1) / max(total_s - first_s, 1e-6))
     return {
-        "prompt_tokens": int(ids.shape[1]),
+        "prompt_tokens": len(prompt),
         "prefill_tokens_per_s": _p50(prefill[1:]),
         "decode_tokens_per_s": _p50(decode[1:]),
         "weight_bytes": generator.weight_bytes(),
+        "decoder": generator.backend,
     }
 
 
@@ -219,6 +224,7 @@ def _env(settings: Settings, **extra: str) -> dict:
         FTCHAT_MODEL=settings.model,
         FTCHAT_DTYPE=settings.dtype,
         FTCHAT_THREADS=str(settings.threads),
+        FTCHAT_DECODER=settings.decoder,
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
@@ -350,7 +356,7 @@ def bench_large_corpus(settings: Settings, embedder, pages: int, source_texts: l
 def run(settings: Settings | None = None, quick: bool = False) -> dict:
     """The whole benchmark. `quick` trims repeats and baselines (for tests), same keys."""
     from .api import Assistant
-    from .generation import get_generator, resolve_dtype
+    from .generation import get_generator
 
     settings = settings or Settings()
     repeats = 1 if quick else 3
@@ -379,9 +385,10 @@ def run(settings: Settings | None = None, quick: bool = False) -> dict:
 
     _log(f"model load ({dtype}) and decoding")
     started = time.perf_counter()
-    generator = get_generator(settings.model, settings.cache_dir, dtype, settings.threads)
+    generator = get_generator(settings.model, settings.cache_dir, dtype, settings.threads, settings.decoder)
     result["model_load_s"] = generator.load_seconds or time.perf_counter() - started
     result.update(bench_decode(assistant, generator, repeats))
+    result["machine"]["decoder"] = result.pop("decoder")
     result["bandwidth_bound_tokens_per_s"] = bandwidth * 1e9 / result["weight_bytes"]
     bound = result["bandwidth_bound_tokens_per_s"]
     result["decode_fraction_of_bound"] = result["decode_tokens_per_s"] / bound
@@ -390,14 +397,12 @@ def run(settings: Settings | None = None, quick: bool = False) -> dict:
     questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
     result.update(bench_answers(assistant, questions, 1 if quick else 2))
 
-    # Baselines: float32 weights, in this same run.
-    _log("baseline: float32 decoding")
-    base_settings = replace(settings, dtype="float32")
-    if resolve_dtype(settings.dtype) == "float32":
-        base_gen = generator
-    else:
-        base_gen = get_generator(settings.model, settings.cache_dir, "float32", settings.threads)
+    # Baselines: float32 weights decoded by transformers' generate(), in this same run.
+    _log("baseline: float32 decoding with transformers")
+    base_settings = replace(settings, dtype="float32", decoder="transformers")
+    base_gen = get_generator(settings.model, settings.cache_dir, "float32", settings.threads, "transformers")
     base = bench_decode(assistant, base_gen, repeats)
+    result["baseline_decoder"] = base["decoder"]
     result["baseline_decode_tokens_per_s"] = base["decode_tokens_per_s"]
     result["baseline_prefill_tokens_per_s"] = base["prefill_tokens_per_s"]
     result["baseline_weight_bytes"] = base["weight_bytes"]
@@ -412,11 +417,12 @@ def run(settings: Settings | None = None, quick: bool = False) -> dict:
         result["baseline_answer_ms_p50"] = base_answers["answer_ms_p50"]
         _log("baseline: fresh process, float32, no weight cache (dequantizes the GGUF)")
         with tempfile.TemporaryDirectory(prefix="ftchat-bench-cache-") as tmp:
-            naive = cold_start_answer(settings, question, FTCHAT_DTYPE="float32", FTCHAT_CACHE_DIR=tmp)
+            naive = cold_start_answer(settings, question, FTCHAT_DTYPE="float32", FTCHAT_CACHE_DIR=tmp,
+                                      FTCHAT_DECODER="transformers")
         result["baseline_cold_start_answer_s"] = naive["seconds"]
         result["baseline_peak_rss_mb"] = naive["peak_rss_mb"]
         result["baseline_cold_start_warm_cache_float32_s"] = cold_start_answer(
-            settings, question, FTCHAT_DTYPE="float32")["seconds"]
+            settings, question, FTCHAT_DTYPE="float32", FTCHAT_DECODER="transformers")["seconds"]
     else:
         result["baseline_first_token_ms_p50"] = None
         result["baseline_answer_ms_p50"] = None
@@ -485,7 +491,8 @@ def markdown(r: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads; "
         f"bf16 {'yes' if m['bf16'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}, "
-        f"int8 kernels {'yes' if m['int8_kernels'] else 'no'}; generator dtype **{m['dtype']}**; "
+        f"int8 kernels {'yes' if m['int8_kernels'] else 'no'}; generator dtype **{m['dtype']}**, "
+        f"decoder {m.get('decoder', 'n/a')} (baseline: float32, {r.get('baseline_decoder', 'n/a')}); "
         f"memory read bandwidth {r['memory_bandwidth_gbs']:.1f} GB/s; load average {m['load_average']}.",
         "",
         "| measure | ftchat | naive baseline | target |",

@@ -60,6 +60,10 @@ class Settings:
     # per physical core). `ftchat bench` shows what was chosen.
     dtype: str = field(default_factory=lambda: os.environ.get("FTCHAT_DTYPE", "auto"))
     threads: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_THREADS", "0") or 0))
+    # Decoding loop: "auto" = ftchat's own for Llama-architecture models (llama.py, about
+    # twice transformers' speed here), transformers' generate() for the rest; "transformers"
+    # forces generate().
+    decoder: str = field(default_factory=lambda: os.environ.get("FTCHAT_DECODER", "auto"))
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

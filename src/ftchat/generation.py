@@ -9,9 +9,11 @@ Speed choices (measured with `ftchat bench` and `ftchat eval`): decoding one tok
 every weight once, so it is bound by memory bandwidth. Where the CPU has native bf16
 instructions (avx512_bf16 or AMX) the model runs in bfloat16: half the bytes per token,
 same eval figures. Elsewhere it runs in float32. int8 dynamic quantization is faster
-still but hurt the text, so it is only an option (see resolve_dtype).
-FTCHAT_DTYPE=auto|float32|bfloat16|int8 overrides the choice, FTCHAT_THREADS the torch
-thread count.
+still but hurt the text, so it is only an option (see resolve_dtype). Llama-architecture
+models (the default among them) decode with ftchat's own loop in llama.py, about twice as
+fast as transformers' generate() here with the same tokens; other models use generate().
+FTCHAT_DTYPE=auto|float32|bfloat16|int8 overrides the dtype, FTCHAT_DECODER=auto|transformers
+the decoding loop, FTCHAT_THREADS the torch thread count.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .embedding import MODEL_LOADING, ModelNotAvailable, package_dir, quiet_transformers
 from .index import sha256_file
+
+if TYPE_CHECKING:
+    from .llama import LlamaDecoder
 
 log = logging.getLogger(__name__)
 
@@ -127,25 +134,51 @@ class GenerationConfig:
     repeat_window: int = 8
 
 
+DECODERS = ("auto", "transformers")
+
+
+def resolve_decoder(requested: str | None = None) -> str:
+    """'auto' (the default) decodes Llama-architecture models with ftchat's own loop (see
+    llama.py) and everything else with transformers; 'transformers' always uses generate()."""
+    value = (requested or os.environ.get("FTCHAT_DECODER") or "auto").strip().lower()
+    if value not in DECODERS:
+        raise ValueError(f"Unknown decoder '{value}'; choose {' or '.join(DECODERS)} (FTCHAT_DECODER)")
+    return value
+
+
 class Generator:
-    """One loaded model. `stream()` yields text pieces; only one generation runs at a time."""
+    """One loaded model. `stream()` yields text pieces; only one generation runs at a time.
+
+    Exactly one of `model` (a transformers model, decoded with generate()) and `decoder`
+    (a LlamaDecoder) is set.
+    """
 
     def __init__(self, name: str, model, tokenizer, source: str, dtype: str = "float32",
-                 load_seconds: float = 0.0) -> None:
+                 load_seconds: float = 0.0, decoder: LlamaDecoder | None = None,
+                 stop_ids: set[int] | None = None) -> None:
         self.name = name
         self.model = model
+        self.decoder = decoder
         self.tokenizer = tokenizer
         self.source = source
         self.dtype = dtype
         self.load_seconds = load_seconds
-        # Tokens the model decoded in the last stream(), including any the reader left
-        # unread: what the answer actually cost.
+        self.stop_ids = stop_ids if stop_ids is not None else _stop_ids(model, tokenizer)
+        # Tokens the model decoded in the last stream(): what the answer actually cost.
         self.last_decoded_tokens = 0
         self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        if self.decoder is not None:
+            return f"ftchat-llama ({self.decoder.kernel})"
+        return "transformers-generate"
 
     def weight_bytes(self) -> int:
         """Bytes of weights read per decoded token: every layer's weights once, plus one row
         of the embedding table (tied output matrices are counted once, as the output layer)."""
+        if self.decoder is not None:
+            return self.decoder.weight_bytes()
         import torch
 
         seen: set[int] = set()
@@ -170,60 +203,119 @@ class Generator:
             encoded = encoded["input_ids"]
         return list(encoded)
 
-    def stream(self, messages: list[dict], config: GenerationConfig | None = None) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    def tokens(self, prompt: list[int], max_new_tokens: int, to_the_limit: bool = False) -> Iterator[int]:
+        """Greedy token ids after the prompt, stop token excluded. Closing it stops the model.
+        `to_the_limit` ignores stop tokens, so that a benchmark decodes a fixed length."""
+        if self.decoder is not None:
+            return self.decoder.greedy(prompt, max_new_tokens, set() if to_the_limit else self.stop_ids)
+        return self._generate_tokens(prompt, max_new_tokens, to_the_limit)
 
-        config = config or GenerationConfig()
-        ids = torch.tensor([self.prompt_tokens(messages)])
-        window = config.repeat_window
+    def _generate_tokens(self, prompt: list[int], max_new_tokens: int, to_the_limit: bool) -> Iterator[int]:
+        import queue
+
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        ids = torch.tensor([prompt])
         # Set when the caller stops reading (an answer already judged, a closed tab): the
         # model must stop too rather than decode the remaining tokens for nobody.
         abandoned = threading.Event()
+        produced: queue.Queue = queue.Queue()
+        finished = object()
 
-        class StopEarly(StoppingCriteria):
+        class Abandoned(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs) -> bool:
-                if abandoned.is_set():
-                    return True
-                generated = input_ids[0, ids.shape[1] :].tolist()
-                if len(generated) < 2 * window:
-                    return False
-                tail = generated[-window:]
-                return any(
-                    generated[i : i + window] == tail for i in range(len(generated) - 2 * window + 1)
-                )
+                return abandoned.is_set()
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = dict(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=config.max_new_tokens,
-            do_sample=False,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([StopEarly()]),
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        errors: list[BaseException] = []
+        class Tokens(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value) -> None:
+                if not self.prompt_seen:  # generate() hands over the prompt first
+                    self.prompt_seen = True
+                    return
+                for token in value.reshape(-1).tolist():
+                    produced.put(token)
+
+            def end(self) -> None:
+                produced.put(finished)
 
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    output = self.model.generate(**kwargs)
-                self.last_decoded_tokens = int(output.shape[1] - ids.shape[1])
+                    self.model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                        min_new_tokens=max_new_tokens if to_the_limit else None, do_sample=False,
+                        streamer=Tokens(),
+                        stopping_criteria=StoppingCriteriaList([Abandoned()]),
+                        pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    )
             except BaseException as exc:  # surfaced in the caller's thread below
-                errors.append(exc)
-                streamer.end()
+                produced.put(exc)
+                produced.put(finished)
 
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            while (item := produced.get()) is not finished:
+                if isinstance(item, BaseException):
+                    raise item
+                if item in self.stop_ids and not to_the_limit:
+                    return
+                yield item
+        finally:
+            abandoned.set()
+            thread.join()
+
+    def stream(self, messages: list[dict], config: GenerationConfig | None = None) -> Iterator[str]:
+        """Text pieces as the model writes them, ending at whole words (as transformers'
+        TextIteratorStreamer does) so that a later token never changes what was shown."""
+        config = config or GenerationConfig()
+        window = config.repeat_window
         with self._lock:
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            try:
-                yield from streamer
-            finally:
-                abandoned.set()
-                thread.join()
-        if errors:
-            raise errors[0]
+            generated: list[int] = []
+            shown = 0
+            self.last_decoded_tokens = 0
+            with closing(self.tokens(self.prompt_tokens(messages), config.max_new_tokens)) as tokens:
+                for token in tokens:
+                    generated.append(token)
+                    self.last_decoded_tokens = len(generated)
+                    # Small models loop, and a loop is never worth waiting for: stop when the
+                    # last `window` tokens already occurred earlier.
+                    if len(generated) >= 2 * window and _repeats(generated, window):
+                        break
+                    text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                    if text.endswith("\n"):
+                        ready = len(text)
+                    elif text.endswith("\ufffd"):  # a character split across tokens
+                        continue
+                    else:
+                        ready = text.rfind(" ") + 1
+                    if ready > shown:
+                        yield text[shown:ready]
+                        shown = ready
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if len(text) > shown:
+                yield text[shown:]
+
+
+def _repeats(generated: list[int], window: int) -> bool:
+    tail = generated[-window:]
+    return any(generated[i : i + window] == tail for i in range(len(generated) - 2 * window + 1))
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    """The tokens that end an answer: the generation config's end-of-sequence ids (a chat
+    model's end-of-turn token among them) and the tokenizer's own."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids
 
 
 # --- Loading ------------------------------------------------------------------------------
@@ -265,7 +357,18 @@ def _torch_dtype(dtype: str):
     return torch.bfloat16 if dtype == "bfloat16" else torch.float32
 
 
-def _load_preset(preset: ModelPreset, cache_dir: Path, dtype: str = "float32"):
+@dataclass
+class Loaded:
+    """A transformers model and its tokenizer, before the choice of decoder."""
+
+    model: object
+    tokenizer: object
+    source: str
+
+
+def _load_preset(preset: ModelPreset, cache_dir: Path, dtype: str = "float32") -> Path | Loaded:
+    """The folder of the preset's verified weight cache, written first if needed (or the
+    model itself where the cache cannot be written)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -285,9 +388,7 @@ def _load_preset(preset: ModelPreset, cache_dir: Path, dtype: str = "float32"):
     suffix = "" if dtype == "float32" else f"-{dtype}"
     cached = cache_dir / "models" / f"{preset.name}-{stat.st_size}{suffix}"
     if _cache_is_valid(cached):
-        tokenizer = AutoTokenizer.from_pretrained(cached)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=_torch_dtype(dtype))
-        return model, tokenizer, str(cached)
+        return cached
 
     if cached.exists():
         log.warning("Cached weights in %s are missing or damaged; rebuilding them from %s", cached, gguf)
@@ -300,7 +401,8 @@ def _load_preset(preset: ModelPreset, cache_dir: Path, dtype: str = "float32"):
         _write_cache(model, tokenizer, cached)
     except OSError as exc:  # a read-only home folder only costs start-up time
         log.warning("Could not cache the dequantized model in %s (%s)", cached, exc)
-    return model, tokenizer, str(gguf)
+        return Loaded(model, tokenizer, str(gguf))
+    return cached
 
 
 def _write_cache(model, tokenizer, cached: Path) -> None:
@@ -321,7 +423,7 @@ def _write_cache(model, tokenizer, cached: Path) -> None:
     staging.rename(cached)
 
 
-def _load_folder_or_hub(name: str, dtype: str = "float32"):
+def _load_folder_or_hub(name: str, dtype: str = "float32") -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(name).expanduser()
@@ -337,7 +439,37 @@ def _load_folder_or_hub(name: str, dtype: str = "float32"):
             f"Cannot load model '{name}': it is not a preset ({known}), not a model folder, "
             f"and not a hub id reachable from here ({type(exc).__name__}: {exc})"
         ) from exc
-    return model, tokenizer, location
+    return Loaded(model, tokenizer, location)
+
+
+def _decoder_from_folder(folder: Path, dtype: str) -> tuple[LlamaDecoder, object, set[int]] | None:
+    """A LlamaDecoder read straight from a folder's single safetensors file, without
+    building the transformers model first (that would hold every weight twice)."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from .llama import LlamaDecoder
+
+    weights = folder / "model.safetensors"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not weights.is_file() or not LlamaDecoder.supports(config):
+        return None
+    decoder = LlamaDecoder(config, load_file(weights), _torch_dtype(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    stop_ids: set[int] = set()
+    try:
+        generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        generation = {}
+    for value in (generation.get("eos_token_id"), config.get("eos_token_id"), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            stop_ids.add(value)
+        elif value:
+            stop_ids.update(int(v) for v in value)
+    return decoder, tokenizer, stop_ids
 
 
 def _quantize_int8(model):
@@ -361,49 +493,83 @@ def _quantize_int8(model):
 
 
 def load_generator(name: str, cache_dir: Path, dtype: str | None = None,
-                   threads: int | None = None) -> Generator:
-    """Load a model: dtype 'auto'/None picks bfloat16 where the CPU runs it natively."""
+                   threads: int | None = None, decoder: str | None = None) -> Generator:
+    """Load a model: dtype 'auto'/None picks bfloat16 where the CPU runs it natively;
+    decoder 'auto'/None decodes Llama models with llama.py, others with transformers."""
     with MODEL_LOADING:
-        return _load_generator(name, cache_dir, dtype, threads)
+        return _load_generator(name, cache_dir, dtype, threads, decoder)
 
 
-def _load_generator(name: str, cache_dir: Path, dtype: str | None, threads: int | None) -> Generator:
+def _load_generator(name: str, cache_dir: Path, dtype: str | None, threads: int | None,
+                    decoder: str | None) -> Generator:
     quiet_transformers()
     started = time.perf_counter()
     dtype = resolve_dtype(dtype)
+    own_decoder = resolve_decoder(decoder) == "auto" and dtype != "int8"
     resolve_threads(threads)
     load_dtype = "float32" if dtype == "int8" else dtype
     if name in PRESETS:
-        model, tokenizer, source = _load_preset(PRESETS[name], cache_dir, load_dtype)
-    elif Path(name).expanduser().exists() or "/" in name:
-        model, tokenizer, source = _load_folder_or_hub(name, load_dtype)
+        loaded = _load_preset(PRESETS[name], cache_dir, load_dtype)
+    elif Path(name).expanduser().is_dir():
+        loaded = Path(name).expanduser().resolve()
+    elif "/" in name:
+        loaded = _load_folder_or_hub(name, load_dtype)
     else:
         known = ", ".join(PRESETS)
         raise ModelNotAvailable(
             f"Unknown model '{name}'. Choose a preset ({known}), a local model folder, or a hub id."
         )
-    model.eval()
+    if isinstance(loaded, Path):
+        direct = _decoder_from_folder(loaded, dtype) if own_decoder else None
+        if direct is not None:
+            llama, tokenizer, stop_ids = direct
+            generator = Generator(name, None, tokenizer, str(loaded), dtype, decoder=llama, stop_ids=stop_ids)
+            return _loaded(generator, started)
+        loaded = _load_folder_or_hub(str(loaded), load_dtype)
+    model = loaded.model.eval()
     if dtype == "int8":
         model = _quantize_int8(model)
-    seconds = time.perf_counter() - started
-    log.info("Loaded model %s (%s) from %s in %.1f s", name, dtype, source, seconds)
-    return Generator(name, model, tokenizer, source, dtype, seconds)
+    config = model.config.to_dict()
+    if own_decoder and _llama_supports(config):
+        from .llama import LlamaDecoder
+
+        # Built from the loaded model, whose transformers copy is then let go.
+        llama = LlamaDecoder(config, model.state_dict(), _torch_dtype(dtype))
+        generator = Generator(name, None, loaded.tokenizer, loaded.source, dtype, decoder=llama,
+                              stop_ids=_stop_ids(model, loaded.tokenizer))
+    else:
+        generator = Generator(name, model, loaded.tokenizer, loaded.source, dtype)
+    return _loaded(generator, started)
 
 
-_CACHE: dict[tuple[str, str, str], Generator] = {}
+def _loaded(generator: Generator, started: float) -> Generator:
+    generator.load_seconds = time.perf_counter() - started
+    log.info("Loaded model %s (%s, %s) from %s in %.1f s", generator.name, generator.dtype,
+             generator.backend, generator.source, generator.load_seconds)
+    return generator
+
+
+def _llama_supports(config: dict) -> bool:
+    from .llama import LlamaDecoder
+
+    return LlamaDecoder.supports(config)
+
+
+_CACHE: dict[tuple[str, str, str, str], Generator] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def get_generator(name: str, cache_dir: Path, dtype: str | None = None,
-                  threads: int | None = None) -> Generator:
-    """The lazily loaded model cache: each model is loaded once per process (and dtype)."""
-    key = (name, str(cache_dir), resolve_dtype(dtype))
+                  threads: int | None = None, decoder: str | None = None) -> Generator:
+    """The lazily loaded model cache: each model is loaded once per process (per dtype and decoder)."""
+    key = (name, str(cache_dir), resolve_dtype(dtype), resolve_decoder(decoder))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_generator(name, cache_dir, key[2], threads)
+            _CACHE[key] = load_generator(name, cache_dir, key[2], threads, key[3])
         return _CACHE[key]
 
 
-def generator_is_loaded(name: str, cache_dir: Path, dtype: str | None = None) -> bool:
+def generator_is_loaded(name: str, cache_dir: Path, dtype: str | None = None,
+                        decoder: str | None = None) -> bool:
     with _CACHE_LOCK:
-        return (name, str(cache_dir), resolve_dtype(dtype)) in _CACHE
+        return (name, str(cache_dir), resolve_dtype(dtype), resolve_decoder(decoder)) in _CACHE

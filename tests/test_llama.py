@@ -1,0 +1,118 @@
+"""ftchat's own Llama decoding loop (llama.py) against transformers, the reference.
+
+A tiny random Llama checks the arithmetic exactly (logits, every layout option); the
+bundled SmolLM2 checks that real answer prompts give the same greedy tokens as generate().
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ftchat import answer as ans
+from ftchat.api import Assistant
+from ftchat.generation import GenerationConfig, bf16_native, get_generator, load_generator, resolve_decoder
+from ftchat.llama import LlamaDecoder
+
+
+def tiny_llama(tied: bool = True, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+        rope_theta=1000.0, tie_word_embeddings=tied, **overrides,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def reference_greedy(model, prompt: list[int], n: int) -> list[int]:
+    with torch.inference_mode():
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_logits_match_transformers_exactly_in_float32(tied: bool) -> None:
+    model = tiny_llama(tied)
+    decoder = LlamaDecoder(model.config.to_dict(), model.state_dict(), torch.float32)
+    prompt = [5, 17, 3, 99, 42, 8, 23]
+    keys = torch.zeros(3, 2, 20, 16)
+    values = torch.zeros_like(keys)
+    with torch.inference_mode():
+        expected = model(torch.tensor([prompt])).logits[0]
+        got = decoder._forward(torch.tensor(prompt), 0, keys, values)
+        assert torch.allclose(got, expected[-1], atol=1e-4), (got - expected[-1]).abs().max()
+        # One more token through the cache equals the full forward over the longer prompt.
+        expected_next = model(torch.tensor([prompt + [11]])).logits[0, -1]
+        got_next = decoder._forward(torch.tensor([11]), len(prompt), keys, values)
+        assert torch.allclose(got_next, expected_next, atol=1e-4)
+
+
+def test_greedy_tokens_match_generate_and_stop_where_asked() -> None:
+    model = tiny_llama()
+    decoder = LlamaDecoder(model.config.to_dict(), model.state_dict(), torch.float32)
+    prompt = [1, 2, 3, 4]
+    expected = reference_greedy(model, prompt, 30)
+    assert list(decoder.greedy(prompt, 30, set())) == expected
+    stop = expected[5]
+    assert list(decoder.greedy(prompt, 30, {stop})) == expected[: expected.index(stop)]
+    tokens = decoder.greedy(prompt, 30, set())
+    assert [next(tokens) for _ in range(3)] == expected[:3]
+    tokens.close()  # a reader that stops: nothing more is decoded, nothing is raised
+
+
+def test_unsupported_layouts_are_left_to_transformers() -> None:
+    base = tiny_llama().config.to_dict()
+    assert LlamaDecoder.supports(base)
+    assert not LlamaDecoder.supports({**base, "attention_bias": True})
+    assert not LlamaDecoder.supports({**base, "mlp_bias": True})
+    assert not LlamaDecoder.supports({**base, "model_type": "qwen2"})
+    assert not LlamaDecoder.supports({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}})
+    with pytest.raises(ValueError):
+        LlamaDecoder({**base, "attention_bias": True}, {}, torch.float32)
+    with pytest.raises(ValueError, match="positions"):
+        list(LlamaDecoder(base, tiny_llama().state_dict(), torch.float32).greedy(list(range(100)), 40, set()))
+
+
+def test_decoder_setting(monkeypatch) -> None:
+    from ftchat.config import Settings
+
+    monkeypatch.delenv("FTCHAT_DECODER", raising=False)
+    assert resolve_decoder() == "auto"
+    monkeypatch.setenv("FTCHAT_DECODER", "transformers")
+    assert resolve_decoder() == "transformers" and Settings().decoder == "transformers"
+    with pytest.raises(ValueError, match="FTCHAT_DECODER"):
+        resolve_decoder("llama.cpp")
+
+
+@pytest.fixture(scope="module")
+def answer_prompts(guide_settings) -> list[list[dict]]:
+    assistant = Assistant(guide_settings)
+    prompts = []
+    for question in ["What is QLoRA and how does it save memory?", "How do I handle an imbalanced dataset?",
+                     "Why use a learning rate warm-up?", "How does DPO differ from PPO?"]:
+        passages = assistant.retriever.search(question)
+        evidence = ans.select_evidence(question, passages, assistant.retriever.embedder)
+        prompts.append(ans.build_messages(question, evidence))
+    return prompts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bundled_model_writes_the_same_answers_as_transformers(guide_settings, answer_prompts, dtype) -> None:
+    if dtype == "bfloat16" and not bf16_native():
+        pytest.skip("bfloat16 is not the default on this CPU")
+    own = get_generator(guide_settings.model, guide_settings.cache_dir, dtype, decoder="auto")
+    plain = load_generator(guide_settings.model, guide_settings.cache_dir, dtype, decoder="transformers")
+    assert own.decoder is not None and own.model is None  # the transformers copy was let go
+    assert plain.decoder is None and own.stop_ids == plain.stop_ids
+    assert own.weight_bytes() == plain.weight_bytes()
+    for messages in answer_prompts:
+        prompt = own.prompt_tokens(messages)
+        assert list(own.tokens(prompt, 40)) == list(plain.tokens(prompt, 40)), messages[-1]["content"]
+    config = GenerationConfig(max_new_tokens=40)
+    messages = answer_prompts[0]
+    assert "".join(own.stream(messages, config)) == "".join(plain.stream(messages, config))
