@@ -18,11 +18,12 @@ from ftchat.llama import LlamaDecoder
 
 def tiny_llama(tied: bool = True, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-        rope_theta=1000.0, tie_word_embeddings=tied, **overrides,
+        rope_theta=1000.0, tie_word_embeddings=tied,
     )
+    config = LlamaConfig(**{**shape, **overrides})
     return LlamaForCausalLM(config).eval()
 
 
@@ -116,3 +117,25 @@ def test_bundled_model_writes_the_same_answers_as_transformers(guide_settings, a
     config = GenerationConfig(max_new_tokens=40)
     messages = answer_prompts[0]
     assert "".join(own.stream(messages, config)) == "".join(plain.stream(messages, config))
+
+
+@pytest.mark.parametrize("shards", ["single", "sharded"])
+def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_path, shards) -> None:
+    """A single safetensors file is read directly; anything else (here: shards) is loaded by
+    transformers first and handed over. Both decode like generate()."""
+    from transformers import AutoTokenizer
+
+    smollm = get_generator(guide_settings.model, guide_settings.cache_dir, "float32")
+    tokenizer = AutoTokenizer.from_pretrained(smollm.source)
+    model = tiny_llama(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder, max_shard_size="200KB" if shards == "sharded" else "1GB")
+    tokenizer.save_pretrained(folder)
+    assert (folder / "model.safetensors").is_file() == (shards == "single")
+
+    own = load_generator(str(folder), guide_settings.cache_dir, "float32", decoder="auto")
+    plain = load_generator(str(folder), guide_settings.cache_dir, "float32", decoder="transformers")
+    assert own.decoder is not None and own.model is None and plain.decoder is None
+    prompt = own.prompt_tokens([{"role": "user", "content": "What is LoRA?"}])
+    expected = list(plain.tokens(prompt, 12, to_the_limit=True))
+    assert list(own.tokens(prompt, 12, to_the_limit=True)) == expected

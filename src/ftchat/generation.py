@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +318,29 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+# --- Memory --------------------------------------------------
+
+try:  # glibc only; elsewhere these are no-ops
+    import ctypes
+
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:
+    _LIBC = None
+
+
+def limit_malloc_arenas() -> None:
+    """Each Gradio worker thread that runs torch gets its own malloc arena by default, and
+    freed memory stays in those arenas, so a server's RSS creeps up with every new thread."""
+    if _LIBC is not None:
+        _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def release_free_memory() -> None:
+    """Hand memory that was freed back to the system (after a model load, after an answer)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 # --- Loading ------------------------------------------------------------------------------
 
 
@@ -442,10 +465,50 @@ def _load_folder_or_hub(name: str, dtype: str = "float32") -> Loaded:
     return Loaded(model, tokenizer, location)
 
 
+class _SafetensorsFile(Mapping):
+    """A safetensors file as a mapping of names to tensors, each read from disk on access.
+
+    Plain reads rather than safetensors' memory map: the decoder repacks weights one layer
+    at a time, and a mapping would keep every weight of the file resident (~270 MB for
+    SmolLM2) on top of the repacked copies until the last one was built.
+    """
+
+    _DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+    def __init__(self, path: Path) -> None:
+        import struct
+
+        self.path = path
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        header.pop("__metadata__", None)
+        self._start = 8 + length
+        self._entries = header
+
+    def __getitem__(self, name: str):
+        import torch
+
+        entry = self._entries[name]
+        begin, end = entry["data_offsets"]
+        dtype = getattr(torch, self._DTYPES[entry["dtype"]])
+        data = torch.empty(end - begin, dtype=torch.uint8)
+        with self.path.open("rb") as handle:
+            handle.seek(self._start + begin)
+            if handle.readinto(data.numpy()) != end - begin:
+                raise OSError(f"{self.path} is truncated at tensor {name}")
+        return data.view(dtype).reshape(entry["shape"])
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def _decoder_from_folder(folder: Path, dtype: str) -> tuple[LlamaDecoder, object, set[int]] | None:
     """A LlamaDecoder read straight from a folder's single safetensors file, without
     building the transformers model first (that would hold every weight twice)."""
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from .llama import LlamaDecoder
@@ -457,7 +520,14 @@ def _decoder_from_folder(folder: Path, dtype: str) -> tuple[LlamaDecoder, object
         return None
     if not weights.is_file() or not LlamaDecoder.supports(config):
         return None
-    decoder = LlamaDecoder(config, load_file(weights), _torch_dtype(dtype))
+    try:
+        tensors = _SafetensorsFile(weights)
+        if not all(entry["dtype"] in _SafetensorsFile._DTYPES for entry in tensors._entries.values()):
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    decoder = LlamaDecoder(config, tensors, _torch_dtype(dtype))
+    release_free_memory()  # the per-layer reads and fused copies, freed but still held by malloc
     tokenizer = AutoTokenizer.from_pretrained(folder)
     stop_ids: set[int] = set()
     try:
@@ -535,8 +605,12 @@ def _load_generator(name: str, cache_dir: Path, dtype: str | None, threads: int 
 
         # Built from the loaded model, whose transformers copy is then let go.
         llama = LlamaDecoder(config, model.state_dict(), _torch_dtype(dtype))
+        stop_ids = _stop_ids(model, loaded.tokenizer)
+        del model
+        loaded.model = None
+        release_free_memory()
         generator = Generator(name, None, loaded.tokenizer, loaded.source, dtype, decoder=llama,
-                              stop_ids=_stop_ids(model, loaded.tokenizer))
+                              stop_ids=stop_ids)
     else:
         generator = Generator(name, model, loaded.tokenizer, loaded.source, dtype)
     return _loaded(generator, started)

@@ -15,7 +15,7 @@ rope scaling), run through transformers as before: see `LlamaDecoder.supports`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +57,7 @@ def _linear_kernel(dtype: torch.dtype):
     Returns (pack, apply): pack(weight) is done once per matrix at load time.
     """
     def plain(weight: torch.Tensor) -> torch.Tensor:
-        return weight.contiguous()
+        return weight.clone(memory_format=torch.contiguous_format)
 
     try:
         if not torch.backends.mkldnn.is_available():
@@ -97,8 +97,9 @@ class LlamaDecoder:
             and config.get("pretraining_tp", 1) == 1
         )
 
-    def __init__(self, config: dict, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-        """`tensors`: a transformers LlamaForCausalLM state dict (names as in its safetensors)."""
+    def __init__(self, config: dict, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+        """`tensors`: a transformers LlamaForCausalLM state dict (names as in its safetensors),
+        read once per name."""
         if not self.supports(config):
             raise ValueError("not a plain Llama configuration")
         self.shape = s = LlamaShape.from_config(config)
@@ -109,18 +110,23 @@ class LlamaDecoder:
         def weight(name: str) -> torch.Tensor:
             return tensors[name].to(dtype)
 
-        self.embed = weight("model.embed_tokens.weight")
+        def kept(name: str) -> torch.Tensor:
+            # A copy: tensors read from a memory-mapped file would otherwise keep the whole
+            # mapping (every weight, ~270 MB for SmolLM2) resident next to the packed copies.
+            return tensors[name].to(dtype=dtype, copy=True)
+
+        self.embed = kept("model.embed_tokens.weight")
         head = tensors.get("lm_head.weight")
         self.lm_head = pack(self.embed if head is None else head.to(dtype))
-        self.final_norm = weight("model.norm.weight")
+        self.final_norm = kept("model.norm.weight")
         self.blocks = []
         for i in range(s.layers):
             p = f"model.layers.{i}."
             qkv = torch.cat([weight(p + f"self_attn.{n}_proj.weight") for n in ("q", "k", "v")])
             gate_up = torch.cat([weight(p + "mlp.gate_proj.weight"), weight(p + "mlp.up_proj.weight")])
             self.blocks.append((
-                weight(p + "input_layernorm.weight"), pack(qkv), pack(weight(p + "self_attn.o_proj.weight")),
-                weight(p + "post_attention_layernorm.weight"), pack(gate_up),
+                kept(p + "input_layernorm.weight"), pack(qkv), pack(weight(p + "self_attn.o_proj.weight")),
+                kept(p + "post_attention_layernorm.weight"), pack(gate_up),
                 pack(weight(p + "mlp.down_proj.weight")),
             ))
         self._rope_length = 0

@@ -34,7 +34,7 @@ from .answer import Answer  # noqa: E402
 from .api import Assistant  # noqa: E402
 from .config import Settings  # noqa: E402
 from .corpus import display_path  # noqa: E402
-from .generation import PRESETS, get_generator  # noqa: E402
+from .generation import PRESETS, get_generator, limit_malloc_arenas, release_free_memory  # noqa: E402
 from .index import open_index, sha256_file  # noqa: E402
 from .retrieval import Passage, QuestionError  # noqa: E402
 
@@ -132,28 +132,6 @@ if (navigator.clipboard && navigator.clipboard.writeText) {
 }
 </script>
 """
-
-
-# --- Memory in a long-running server --------------------------------------------------
-
-try:  # glibc only; elsewhere these are no-ops
-    import ctypes
-
-    _LIBC = ctypes.CDLL("libc.so.6")
-except OSError:
-    _LIBC = None
-
-
-def limit_malloc_arenas() -> None:
-    """Each Gradio worker thread that runs torch gets its own malloc arena by default, and
-    freed memory stays in those arenas, so a server's RSS creeps up with every new thread."""
-    if _LIBC is not None:
-        _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
-
-
-def release_free_memory() -> None:
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
 
 
 # --- Model warm-up ------------------------------------------------------------------------
