@@ -81,3 +81,16 @@ def test_remembered_vectors_equal_fresh_ones_and_memory_is_bounded(embedder):
                                atol=1e-6)
     assert small.encode_remembered([]).shape == (0, embedder.dimensions)
     assert small.encode([]).shape == (0, embedder.dimensions)
+
+
+def test_plain_bert_runs_without_transformers_and_others_fall_back(bundled, tmp_path):
+    from ftchat.bert import BertEncoder
+
+    direct = load_encoder(bundled)
+    assert isinstance(direct.network, BertEncoder)
+    # Without a tokenizer.json the same folder goes through transformers' AutoModel.
+    folder = tmp_path / "no-fast-tokenizer"
+    shutil.copytree(bundled, folder, ignore=shutil.ignore_patterns("tokenizer.json"))
+    fallback = load_encoder(str(folder))
+    assert not isinstance(fallback.network, BertEncoder)
+    np.testing.assert_allclose(direct.encode(TEXTS, 2, False), fallback.encode(TEXTS, 2, False), atol=1e-5)

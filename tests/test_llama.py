@@ -139,3 +139,44 @@ def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_pat
     prompt = own.prompt_tokens([{"role": "user", "content": "What is LoRA?"}])
     expected = list(plain.tokens(prompt, 12, to_the_limit=True))
     assert list(own.tokens(prompt, 12, to_the_limit=True)) == expected
+
+
+def test_chat_tokenizer_gives_transformers_token_ids(guide_settings, answer_prompts) -> None:
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from ftchat.generation import ChatTokenizer
+
+    folder = Path(get_generator(guide_settings.model, guide_settings.cache_dir, "float32").source)
+    ours, theirs = ChatTokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    follow_up = [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "A method."},
+                 {"role": "user", "content": "and QLoRA?"}]
+    conversations = [*answer_prompts, [{"role": "user", "content": "Hi <|im_end|> ünïcode 🙂"}], follow_up]
+    for messages in conversations:
+        expected = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+        assert ours.apply_chat_template(messages) == expected
+        assert ours.decode(expected) == theirs.decode(expected, skip_special_tokens=True)
+    assert (ours.eos_token_id, ours.pad_token_id) == (theirs.eos_token_id, theirs.pad_token_id)
+
+
+@pytest.mark.slow
+def test_the_default_answer_path_never_imports_transformers(guide_settings) -> None:
+    """transformers' import is about 2 s of a cold start here; the bundled models do without."""
+    import subprocess
+    import sys
+
+    from guide_fixtures import guide_env
+
+    script = (
+        "import sys; from ftchat.api import Assistant\n"
+        "answer = Assistant().ask('What is QLoRA and how does it save memory?')\n"
+        "assert answer.answerable and answer.citations, answer.text\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'sentence_transformers'}))\n"
+    )
+    env = {k: v for k, v in guide_env(guide_settings).items() if not k.startswith("FTCHAT_DECODER")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

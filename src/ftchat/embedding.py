@@ -7,6 +7,7 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,52 @@ def resolve_embedder(name: str) -> str:
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
     return name
+
+
+class SafetensorsFile(Mapping):
+    """A safetensors file as a mapping of names to tensors, each read from disk on access.
+
+    Plain reads rather than safetensors' memory map: the decoders copy or repack weights
+    one at a time, and a mapping would keep every weight of the file resident (~270 MB for
+    SmolLM2) on top of those copies until the last one was built. Reading it needs neither
+    transformers nor safetensors' torch helpers, which is most of a fast start.
+    """
+
+    DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "I64": "int64"}
+
+    def __init__(self, path: Path) -> None:
+        import struct
+
+        self.path = path
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        header.pop("__metadata__", None)
+        self._start = 8 + length
+        self._entries = header
+
+    def __getitem__(self, name: str):
+        import torch
+
+        entry = self._entries[name]
+        begin, end = entry["data_offsets"]
+        dtype = getattr(torch, self.DTYPES[entry["dtype"]])
+        data = torch.empty(end - begin, dtype=torch.uint8)
+        with self.path.open("rb") as handle:
+            handle.seek(self._start + begin)
+            if handle.readinto(data.numpy()) != end - begin:
+                raise OSError(f"{self.path} is truncated at tensor {name}")
+        return data.view(dtype).reshape(entry["shape"])
+
+    def readable(self) -> bool:
+        """True when every tensor has a dtype this reader knows (quantized files do not)."""
+        return all(entry["dtype"] in self.DTYPES for entry in self._entries.values())
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def quiet_transformers() -> None:
@@ -98,14 +145,53 @@ class _DirectEncoder:
 
     def __init__(self, folder: Path, pooling: str, max_tokens: int) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.network = AutoModel.from_pretrained(folder).eval()
         self.pooling = pooling
         self.max_seq_length = max_tokens
-        self.dimensions = int(self.network.config.hidden_size)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        self.dimensions = int(config["hidden_size"])
+        if not self._load_plain_bert(folder, config):
+            from transformers import AutoModel, AutoTokenizer
+
+            quiet_transformers()
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.network = AutoModel.from_pretrained(folder).eval()
+            self._tokenize = lambda texts: tokenizer(
+                texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+
+    def _load_plain_bert(self, folder: Path, config: dict) -> bool:
+        """A BERT with a tokenizer.json and one safetensors file runs without transformers
+        (bert.py and the tokenizers library): about a second less at every start."""
+        from .bert import BertEncoder
+
+        weights, vocabulary = folder / "model.safetensors", folder / "tokenizer.json"
+        if not (BertEncoder.supports(config) and weights.is_file() and vocabulary.is_file()):
+            return False
+        tensors = SafetensorsFile(weights)
+        if not tensors.readable():
+            return False
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(vocabulary))
+        pad_id = int(config.get("pad_token_id") or 0)
+        # The same per-call settings transformers applies: truncate to the model's window,
+        # pad each batch to its longest text.
+        tokenizer.enable_truncation(max_length=self.max_seq_length)
+        tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "[PAD]")
+        self.network = BertEncoder(config, tensors)
+        torch = self._torch
+
+        def tokenize(texts: list[str]) -> dict:
+            encoded = tokenizer.encode_batch(texts)
+            return {
+                "input_ids": torch.tensor([e.ids for e in encoded]),
+                "attention_mask": torch.tensor([e.attention_mask for e in encoded]),
+                "token_type_ids": torch.tensor([e.type_ids for e in encoded]),
+            }
+
+        self._tokenize = tokenize
+        return True
 
     def encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
         torch = self._torch
@@ -120,11 +206,9 @@ class _DirectEncoder:
         with torch.inference_mode():
             for start in batches:
                 rows = order[start:start + batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in rows], padding=True, truncation=True,
-                    max_length=self.max_seq_length, return_tensors="pt",
-                )
-                hidden = self.network(**batch).last_hidden_state
+                batch = self._tokenize([texts[i] for i in rows])
+                hidden = self.network(**batch)
+                hidden = getattr(hidden, "last_hidden_state", hidden)
                 if self.pooling == "cls_token":
                     pooled = hidden[:, 0]
                 else:
@@ -158,11 +242,11 @@ def load_encoder(location: str, direct: bool = True) -> _DirectEncoder | _Senten
     if folder.is_dir():
         # A local model must never trigger a hub lookup (there is no network here).
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quiet_transformers()
     if direct and folder.is_dir():
         plan = _direct_pipeline(folder)
         if plan is not None:
             return _DirectEncoder(folder, *plan)
+    quiet_transformers()
     return _SentenceTransformersEncoder(location)
 
 
