@@ -111,6 +111,12 @@ def test_bad_questions_get_clear_errors_or_grounded_replies(assistant) -> None:
         assistant.ask("   \n ")
     long = assistant.ask("What is LoRA? " + "x" * 20_000)
     assert_well_formed(long)
+    # A huge paste earlier in the conversation reaches the model only as a cut question.
+    paste = "What is QLoRA? " + "QLoRA fine-tunes a 4-bit quantized model with LoRA adapters. " * 20_000
+    after_paste = assistant.ask("and how does it save memory?", history=[paste])
+    assert after_paste.answerable
+    assert after_paste.search_query != "and how does it save memory?"
+    assert_well_formed(after_paste)
     markup = assistant.ask("<script>alert(1)</script> what is <b>dropout</b>?")
     assert_well_formed(markup)
     foreign = assistant.ask("Quelle est la capitale de l'Allemagne ?")

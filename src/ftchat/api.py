@@ -124,7 +124,9 @@ class Assistant:
             timings["load_ms"] = timings.get("load_ms", 0.0) + (time.perf_counter() - loading) * 1000
             started += (time.perf_counter() - loading)
         evidence = ans.select_evidence(query, passages, embedder, query_vector)
-        context = history[-1] if history and query != question else None
+        # The earlier question as the model sees it: cut like any question, so that a huge
+        # paste earlier in the conversation cannot overflow the model's context.
+        context = history[-1][: self.settings.max_question_chars] if history and query != question else None
         messages = ans.build_messages(question, evidence, context)
         config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
 
