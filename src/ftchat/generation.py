@@ -314,9 +314,14 @@ def _repeats(generated: list[int], window: int) -> bool:
 def _stop_ids(model, tokenizer) -> set[int]:
     """The tokens that end an answer: the generation config's end-of-sequence ids (a chat
     model's end-of-turn token among them) and the tokenizer's own."""
-    ids: set[int] = set()
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (configured, getattr(tokenizer, "eos_token_id", None)):
+    return _token_ids(configured, getattr(tokenizer, "eos_token_id", None))
+
+
+def _token_ids(*values: int | list[int] | None) -> set[int]:
+    """End-of-sequence settings as one set: each may be an id, a list of ids, or unset."""
+    ids: set[int] = set()
+    for value in values:
         if isinstance(value, int):
             ids.add(value)
         elif value:
@@ -324,7 +329,7 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-# --- Memory --------------------------------------------------
+# --- Memory -------------------------------------------------------------------------------
 
 try:  # glibc only; elsewhere these are no-ops
     import ctypes
@@ -557,16 +562,11 @@ def _decoder_from_folder(folder: Path, dtype: str) -> tuple[LlamaDecoder, object
     decoder = LlamaDecoder(config, tensors, _torch_dtype(dtype))
     release_free_memory()  # the per-layer reads and fused copies, freed but still held by malloc
     tokenizer = load_chat_tokenizer(folder)
-    stop_ids: set[int] = set()
     try:
         generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         generation = {}
-    for value in (generation.get("eos_token_id"), config.get("eos_token_id"), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            stop_ids.add(value)
-        elif value:
-            stop_ids.update(int(v) for v in value)
+    stop_ids = _token_ids(generation.get("eos_token_id"), config.get("eos_token_id"), tokenizer.eos_token_id)
     return decoder, tokenizer, stop_ids
 
 
@@ -627,9 +627,9 @@ def _load_generator(name: str, cache_dir: Path, dtype: str | None, threads: int 
     if dtype == "int8":
         model = _quantize_int8(model)
     config = model.config.to_dict()
-    if own_decoder and _llama_supports(config):
-        from .llama import LlamaDecoder
+    from .llama import LlamaDecoder
 
+    if own_decoder and LlamaDecoder.supports(config):
         # Built from the loaded model, whose transformers copy is then let go.
         llama = LlamaDecoder(config, model.state_dict(), _torch_dtype(dtype))
         stop_ids = _stop_ids(model, loaded.tokenizer)
@@ -648,12 +648,6 @@ def _loaded(generator: Generator, started: float) -> Generator:
     log.info("Loaded model %s (%s, %s) from %s in %.1f s", generator.name, generator.dtype,
              generator.backend, generator.source, generator.load_seconds)
     return generator
-
-
-def _llama_supports(config: dict) -> bool:
-    from .llama import LlamaDecoder
-
-    return LlamaDecoder.supports(config)
 
 
 _CACHE: dict[tuple[str, str, str, str], Generator] = {}
