@@ -13,7 +13,7 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # run from a plain checkout too
 
-from ftchat.config import Settings  # noqa: E402
+from ftchat.config import Settings, SettingsError  # noqa: E402
 from ftchat.corpus import CorpusError  # noqa: E402
 from ftchat.embedding import ModelNotAvailable  # noqa: E402
 from ftchat.ui import launch, parse_auth  # noqa: E402
@@ -32,7 +32,7 @@ def main() -> None:
         parser.error(f"--auth: {exc}")
     try:
         launch(Settings(), host=args.host, port=args.port, auth=auth)
-    except (CorpusError, ModelNotAvailable) as exc:
+    except (CorpusError, ModelNotAvailable, SettingsError) as exc:
         sys.exit(f"Error: {exc}")
     except OSError as exc:  # an unwritable index folder, a path through a file, …
         if exc.filename is None:

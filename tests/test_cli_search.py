@@ -132,3 +132,20 @@ def test_index_source_pdf_then_search_shows_page_locations(
     assert top["location"] == "page 3"
     assert top["title"] == "dpo notes"
     assert "zebrafinch" in top["text"]
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("FTCHAT_PORT", "abc", "FTCHAT_PORT must be a whole number, got 'abc'"),
+        ("FTCHAT_DENSE_WEIGHT", "1.5", "FTCHAT_DENSE_WEIGHT must be between 0.0 and 1.0, got '1.5'"),
+        ("FTCHAT_DENSE_WEIGHT", "nan", "FTCHAT_DENSE_WEIGHT must be between 0.0 and 1.0, got 'nan'"),
+        ("FTCHAT_MAX_TOKENS", "0", "FTCHAT_MAX_TOKENS must be at least 1, got '0'"),
+        ("FTCHAT_THREADS", "two", "FTCHAT_THREADS must be a whole number, got 'two'"),
+    ],
+)
+def test_unusable_setting_is_a_one_line_error(cli_settings, cli_env, variable, value, message):
+    env = {**cli_env(cli_settings), variable: value}
+    result = run(["search", "LoRA"], env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"Error: {message}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import Settings
+from .config import Settings, SettingsError
 from .corpus import CorpusError
 from .embedding import ModelNotAvailable
 from .retrieval import QuestionError
@@ -49,7 +49,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (CorpusError, ModelNotAvailable, QuestionError) as exc:
+        except (CorpusError, ModelNotAvailable, QuestionError, SettingsError) as exc:
             raise click.ClickException(str(exc)) from exc
         except PermissionError as exc:
             raise click.ClickException(f"Permission denied: {exc.filename} ({exc.strerror})") from exc

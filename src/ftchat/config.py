@@ -21,6 +21,23 @@ def _default_dir(env: str, fallback: Path) -> Path:
     return Path(value).expanduser() if value else fallback
 
 
+class SettingsError(ValueError):
+    """An FTCHAT_* environment variable holds a value ftchat cannot use."""
+
+
+def _env_number(name: str, default: str, kind: type, low: float, high: float | None = None):
+    raw = os.environ.get(name, "").strip() or default
+    try:
+        value = kind(raw)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {noun}, got {raw!r}") from None
+    if not value >= low or (high is not None and not value <= high):  # NaN fails too
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise SettingsError(f"{name} must be {bounds}, got {raw!r}")
+    return value
+
+
 GATE_FILE = PACKAGE_DIR / "gate.json"
 
 
@@ -41,17 +58,20 @@ class Settings:
     embedder: str = field(default_factory=lambda: os.environ.get("FTCHAT_EMBEDDER", DEFAULT_EMBEDDER))
     model: str = field(default_factory=lambda: os.environ.get("FTCHAT_MODEL", DEFAULT_MODEL))
     host: str = field(default_factory=lambda: os.environ.get("FTCHAT_HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_PORT", "7860")))
+    port: int = field(default_factory=lambda: _env_number("FTCHAT_PORT", "7860", int, 0, 65535))
 
     # Chunking: all-MiniLM-L6-v2 reads 256 word pieces; ~170 words plus the heading path fits.
     chunk_max_words: int = 170
-    # Retrieval: candidates taken from each ranker before fusion, and the RRF constant.
+    # Retrieval: candidates taken from each ranker before fusion, and the weight of the
+    # cosine similarity against BM25 (scaled to 0..1) in the fused score.
     candidates: int = 30
-    rrf_k: int = 60
+    dense_weight: float = field(
+        default_factory=lambda: _env_number("FTCHAT_DENSE_WEIGHT", "0.7", float, 0.0, 1.0)
+    )
     top_k: int = 5
     # Answers: tokens the model may write, and the gate's threshold on the best passage's
     # cosine similarity (calibrated on the eval set by `ftchat eval --calibrate`).
-    max_new_tokens: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_MAX_TOKENS", "96")))
+    max_new_tokens: int = field(default_factory=lambda: _env_number("FTCHAT_MAX_TOKENS", "96", int, 1))
     gate_threshold: float = field(default_factory=lambda: _calibrated_threshold())
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
     max_question_chars: int = 2000
@@ -59,7 +79,7 @@ class Settings:
     # float32; or "float32", "bfloat16", "int8") and torch threads (0 = torch's default, one
     # per physical core). `ftchat bench` shows what was chosen.
     dtype: str = field(default_factory=lambda: os.environ.get("FTCHAT_DTYPE", "auto"))
-    threads: int = field(default_factory=lambda: int(os.environ.get("FTCHAT_THREADS", "0") or 0))
+    threads: int = field(default_factory=lambda: _env_number("FTCHAT_THREADS", "0", int, 0))
     # Decoding loop: "auto" = ftchat's own for Llama-architecture models (llama.py, about
     # twice transformers' speed here), transformers' generate() for the rest; "transformers"
     # forces generate().
