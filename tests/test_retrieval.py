@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ftchat.index import tokenize
 from ftchat.retrieval import QuestionError, Retriever
 
 
@@ -104,3 +105,37 @@ def test_passage_json_has_the_contract_fields(retriever):
     assert {"rank", "chunk_id", "title", "source", "location", "text", "score"} <= set(row)
     assert row["title"] == " › ".join(chunk.heading_path)
     assert row["chunk_id"] == chunk.id and row["rank"] == 1
+
+
+def test_fused_score_weighs_cosine_against_scaled_bm25(retriever, small_corpus_settings):
+    question = "how do I even out a dataset with a rare class"
+    best_keyword = float(retriever.index.keyword.scores(question).max())
+    alpha = small_corpus_settings.dense_weight
+    for p in retriever.search(question, 5):
+        assert p.score == pytest.approx(alpha * p.dense + (1 - alpha) * p.keyword / best_keyword, abs=1e-6)
+
+
+def test_dense_weight_moves_the_ranking_between_the_two_scorers(small_index, embedder, small_corpus_settings):
+    question = "shrink the weights to fewer bits with GPTQ"
+    dense_only = Retriever(small_index, embedder, small_corpus_settings.with_overrides(dense_weight=1.0))
+    keyword_only = Retriever(small_index, embedder, small_corpus_settings.with_overrides(dense_weight=0.0))
+    by_dense = dense_only.search(question, 5)
+    by_keyword = keyword_only.search(question, 5)
+    assert [p.score for p in by_dense] == pytest.approx([p.dense for p in by_dense])
+    keyword_scores = [p.keyword for p in by_keyword]
+    assert keyword_scores == sorted(keyword_scores, reverse=True) and keyword_scores[0] > 0
+    assert [p.chunk.id for p in by_dense] != [p.chunk.id for p in by_keyword]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("finetuning", {"finetun"}),
+        ("fine-tuning", {"finetun", "fine", "tun"}),
+        ("pre-trained", {"pretrain", "pre", "train"}),
+        ("BERT's objective", {"bert", "objectiv"}),
+        ("don\u2019t", {"don"}),
+    ],
+)
+def test_keyword_terms_meet_across_spellings(text, expected):
+    assert set(tokenize(text)) == expected

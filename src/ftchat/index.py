@@ -39,7 +39,7 @@ from .embedding import Embedder, get_embedder
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keyword terms include joined hyphenated words, no clitics
 ARTIFACTS = ("chunks.jsonl", "vectors.faiss", "keyword.json")
 
 
@@ -52,7 +52,7 @@ class IndexUnusable(Exception):
 _STOPWORDS = frozenset(
     """a an and are as at be but by can do does for from has have how i if in into is it its
     me my of on or so such than that the their them then there these this those to was we
-    what when where which who why will with you your about should would could i'm it's vs
+    what when where which who why will with you your about should would could vs
     use used using""".split()
 )
 
@@ -73,8 +73,21 @@ def _stem(word: str) -> str:
     return word
 
 
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_CLITIC = re.compile(r"['\u2019](s|t|re|ve|ll|d|m)\b")
+
+
 def tokenize(text: str) -> list[str]:
-    return [_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOPWORDS]
+    """Stemmed words without stop words. A hyphenated word also yields its joined form, so
+    "finetuning" meets "fine-tuning" and "pretrained" meets "pre-trained"; its parts still
+    meet "fine tuning" written as two words. Clitics ('s, n't, 're) are dropped."""
+    terms = []
+    for word in _WORD.findall(_CLITIC.sub("", text.lower())):
+        parts = word.split("-")
+        if len(parts) > 1:
+            terms.append("".join(parts))
+        terms.extend(parts)
+    return [_stem(w) for w in terms if w not in _STOPWORDS]
 
 
 @dataclass

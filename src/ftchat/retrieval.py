@@ -1,4 +1,4 @@
-"""Hybrid retrieval: dense (FAISS) and keyword (BM25) rankings fused with reciprocal rank fusion."""
+"""Hybrid retrieval: dense (FAISS) and keyword (BM25) scores fused into one weighted score."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class QuestionError(ValueError):
 @dataclass(frozen=True)
 class Passage:
     chunk: Chunk
-    score: float  # fused RRF score: what the ranking is by
+    score: float  # fused score: what the ranking is by
     rank: int  # 1-based
     dense: float  # cosine similarity between question and chunk
     keyword: float  # BM25 score
@@ -71,17 +71,14 @@ class Retriever:
         keyword_order = np.argsort(-keyword_scores, kind="stable")[:depth]
         keyword_ranked = [int(d) for d in keyword_order if keyword_scores[d] > 0]
 
-        fused: dict[int, float] = {}
-        for ranking in (list(dense_by_doc), keyword_ranked):
-            for position, doc in enumerate(ranking, start=1):
-                fused[doc] = fused.get(doc, 0.0) + 1.0 / (self.settings.rrf_k + position)
-        order = sorted(fused, key=lambda d: (-fused[d], d))[:k]
-
-        missing_dense = [d for d in order if d not in dense_by_doc]
-        if missing_dense:  # keyword-only hits still get a cosine score, for gating and display
+        # Keyword-only candidates need a cosine too: the fused score and the gate use it.
+        missing_dense = [d for d in keyword_ranked if d not in dense_by_doc]
+        if missing_dense:
             stored = np.stack([self.index.vectors.reconstruct(d) for d in missing_dense])
             for d, s in zip(missing_dense, stored @ vector[0], strict=True):
                 dense_by_doc[d] = float(s)
+        fused = self._fuse(dense_by_doc, keyword_scores)
+        order = sorted(fused, key=lambda d: (-fused[d], d))[:k]
         return [
             Passage(
                 self.index.chunks[d],
@@ -92,6 +89,21 @@ class Retriever:
             )
             for rank, d in enumerate(order, start=1)
         ]
+
+    def _fuse(self, dense_by_doc: dict[int, float], keyword_scores: np.ndarray) -> dict[int, float]:
+        """A convex combination of cosine similarity and BM25 scaled by its best score.
+
+        Reciprocal rank fusion threw away how far ahead a passage was: a section the
+        embedder ranked 2nd but BM25 ranked 48th (a question in everyday words) lost to
+        passages both ranked 5th. Scores keep that margin (README, "How it works").
+        """
+        alpha = self.settings.dense_weight
+        best_keyword = float(keyword_scores.max()) if len(keyword_scores) else 0.0
+        scale = 1.0 / best_keyword if best_keyword > 0 else 0.0
+        return {
+            d: alpha * cosine + (1 - alpha) * float(keyword_scores[d]) * scale
+            for d, cosine in dense_by_doc.items()
+        }
 
     def rare_terms(self, question: str) -> set[str]:
         """Question words that occur in only a few chunks (names, acronyms), not stop words."""
