@@ -35,6 +35,19 @@ def test_qlora_answer_is_cited_from_the_qlora_sections(assistant) -> None:
     assert answer.timings["retrieve_ms"] <= answer.timings["first_token_ms"] <= answer.timings["total_ms"]
 
 
+def test_rare_question_words_outweigh_common_ones_in_evidence(assistant) -> None:
+    # "write additional training examples" is what the question is about; "LLM",
+    # "fine-tuning" and "dataset" are in half the guide. Counting every shared word the
+    # same picked definitions of fine-tuning and left the augmentation section uncited.
+    question = "Can I use a big LLM to write additional training examples for my fine-tuning dataset?"
+    keyword = assistant.index.keyword
+    assert keyword.idf("paraphras") > keyword.idf("finetun") > 0
+    answer = assistant.ask(question)
+    assert answer.answerable
+    cited = [c.passage.chunk.title for c in answer.citations]
+    assert any(title.endswith("Paraphrasing with a large language model") for title in cited), cited
+
+
 def test_stream_yields_the_same_text_as_the_final_answer(assistant) -> None:
     pieces, final = [], None
     for item in assistant.stream("How does gradient accumulation help with small GPUs?"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,9 +241,17 @@ _LEANS_ON_CONTEXT = re.compile(r"(it|its|this|these|they|those|such|that|here)\b
 
 
 def select_evidence(
-    question: str, passages: list[Passage], embedder: Embedder, query_vector: np.ndarray | None = None
+    question: str,
+    passages: list[Passage],
+    embedder: Embedder,
+    query_vector: np.ndarray | None = None,
+    term_weight: Callable[[str], float] | None = None,
 ) -> EvidenceSet:
-    """The sentences that best answer the question; `query_vector` saves re-embedding it."""
+    """The sentences that best answer the question; `query_vector` saves re-embedding it.
+
+    `term_weight` (the keyword index's idf) makes sharing a rare question word count for
+    more than sharing "fine-tuning" or "model"; without it every word counts the same.
+    """
     if not passages:
         return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
     best = max(p.dense for p in passages)
@@ -258,10 +267,12 @@ def select_evidence(
     if query_vector is None:
         query_vector = embedder.encode([question])[0]
     question_terms = set(tokenize(question))
+    weight = term_weight or (lambda term: 1.0)
+    question_weight = sum(weight(t) for t in question_terms)
     scored = []
     for i, (passage, position, sentence) in enumerate(candidates):
         terms = set(tokenize(sentence))
-        overlap = len(terms & question_terms) / max(len(question_terms), 1)
+        overlap = sum(weight(t) for t in terms & question_terms) / max(question_weight, 1e-9)
         # Opening sentences of a section usually define its term: a small nudge for them,
         # and for passages that ranked higher.
         score = float(vectors[i] @ query_vector) + 0.15 * overlap + (0.08 if position == 0 else 0.0)

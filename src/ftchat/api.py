@@ -123,7 +123,7 @@ class Assistant:
             self.generator  # noqa: B018 - loads it now
             timings["load_ms"] = timings.get("load_ms", 0.0) + (time.perf_counter() - loading) * 1000
             started += (time.perf_counter() - loading)
-        evidence = ans.select_evidence(query, passages, embedder, query_vector)
+        evidence = ans.select_evidence(query, passages, embedder, query_vector, self.index.keyword.idf)
         # The earlier question as the model sees it: cut like any question, so that a huge
         # paste earlier in the conversation cannot overflow the model's context.
         context = history[-1][: self.settings.max_question_chars] if history and query != question else None

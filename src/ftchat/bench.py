@@ -189,7 +189,8 @@ def bench_decode(assistant, generator, repeats: int) -> dict:
 
     question = ANSWER_QUESTIONS[0]
     passages = assistant.retriever.search(question)
-    evidence = ans.select_evidence(question, passages, assistant.retriever.embedder)
+    evidence = ans.select_evidence(question, passages, assistant.retriever.embedder,
+                                   term_weight=assistant.index.keyword.idf)
     prompt = generator.prompt_tokens(ans.build_messages(question, evidence))
     prefill, decode = [], []
     for _ in range(repeats + 1):  # the first run is a warm-up

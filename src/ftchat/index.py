@@ -108,6 +108,12 @@ class KeywordIndex:
                 postings.setdefault(term, []).append([doc, count])
         return cls(postings, lengths)
 
+    def idf(self, term: str) -> float:
+        """How rare a (tokenized) term is among the chunks; unknown terms count as rarest."""
+        n = len(self.doc_lengths)
+        df = len(self.postings.get(term, ()))
+        return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
     def scores(self, query: str) -> np.ndarray:
         n = len(self.doc_lengths)
         result = np.zeros(n, dtype=np.float32)
@@ -118,7 +124,7 @@ class KeywordIndex:
             rows = self.postings.get(term)
             if not rows:
                 continue
-            idf = math.log(1 + (n - len(rows) + 0.5) / (len(rows) + 0.5))
+            idf = self.idf(term)
             for doc, tf in rows:
                 norm = tf + self.k1 * (1 - self.b + self.b * self.doc_lengths[doc] / average)
                 result[doc] += idf * tf * (self.k1 + 1) / norm
