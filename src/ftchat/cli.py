@@ -227,31 +227,37 @@ def chat(model: str | None) -> None:
 
 
 @main.command(name="eval")
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--retrieval-only", is_flag=True, help="Skip answering (fast: retrieval and gate only).")
-@click.option("--calibrate", is_flag=True, help="Recalibrate the gate threshold on FILE and save it.")
+@click.option("--calibrate", is_flag=True, help="Recalibrate the gate threshold on the FILES and save it.")
 @click.option("--model", default=None, help="Model preset, local folder or hub id.")
-def eval_command(file: Path | None, as_json: bool, retrieval_only: bool, calibrate: bool,
+def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, calibrate: bool,
                  model: str | None) -> None:
     """Measure retrieval, the not-covered gate and answers on an eval set (JSONL).
 
-    Without FILE, runs the project's own eval set (eval/eval.jsonl).
+    Without FILES, runs the project's own eval set (eval/eval.jsonl). Several FILES are
+    read as one set.
     """
     from dataclasses import asdict
 
     from . import evaluation as ev
     from .api import Assistant
 
+    paths = list(files) or [ev.DEFAULT_EVAL_FILE]
     try:
-        rows = ev.load_rows(file or ev.DEFAULT_EVAL_FILE)
+        rows = [row for path in paths for row in ev.load_rows(path)]
     except ev.EvalFileError as exc:
         raise click.ClickException(str(exc)) from exc
     assistant = Assistant(_settings(model=model))
-    report: dict = {"eval_file": str(file or ev.DEFAULT_EVAL_FILE), "model": assistant.settings.model}
+    report: dict = {"eval_file": ", ".join(str(p) for p in paths), "model": assistant.settings.model}
     if calibrate:
         scores = ev.gate_scores(assistant, rows)
-        report["gate"] = {**ev.calibrate(scores), "cross_validated": ev.cross_validate(scores)}
+        report["gate"] = {
+            **ev.calibrate(scores),
+            "calibrated_on": [p.name for p in paths],
+            "cross_validated": ev.cross_validate(scores),
+        }
         ev.write_calibration(report["gate"])
         assistant = Assistant(_settings(model=model))
     report["retrieval"] = asdict(ev.evaluate_retrieval(assistant, rows))

@@ -70,7 +70,7 @@ class Settings:
     )
     top_k: int = 5
     # Answers: tokens the model may write, and the gate's threshold on the best passage's
-    # cosine similarity (calibrated on the eval set by `ftchat eval --calibrate`).
+    # cosine similarity (fitted on all three eval sets by `make calibrate`).
     max_new_tokens: int = field(default_factory=lambda: _env_number("FTCHAT_MAX_TOKENS", "96", int, 1))
     gate_threshold: float = field(default_factory=lambda: _calibrated_threshold())
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
