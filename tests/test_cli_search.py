@@ -149,3 +149,17 @@ def test_unusable_setting_is_a_one_line_error(cli_settings, cli_env, variable, v
     result = run(["search", "LoRA"], env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"Error: {message}"
+
+
+@pytest.mark.parametrize(
+    "variable, message",
+    [
+        ("FTCHAT_DTYPE", "Unknown dtype 'float8'; choose auto, float32, bfloat16, int8 (FTCHAT_DTYPE)"),
+        ("FTCHAT_DECODER", "Unknown decoder 'float8'; choose auto or transformers (FTCHAT_DECODER)"),
+    ],
+)
+def test_unusable_generator_setting_is_a_one_line_error(cli_settings, cli_env, variable, message):
+    env = {**cli_env(cli_settings), variable: "float8"}
+    result = run(["ask", "What does SMOTE do?"], env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"Error: {message}"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import SettingsError
 from .embedding import (
     MODEL_LOADING,
     ModelNotAvailable,
@@ -95,7 +96,7 @@ def resolve_dtype(requested: str | None = None) -> str:
     if value == "auto":
         return "bfloat16" if bf16_native() else "float32"
     if value not in DTYPES:
-        raise ValueError(f"Unknown dtype '{value}'; choose auto, {', '.join(DTYPES)} (FTCHAT_DTYPE)")
+        raise SettingsError(f"Unknown dtype '{value}'; choose auto, {', '.join(DTYPES)} (FTCHAT_DTYPE)")
     return value
 
 
@@ -148,7 +149,7 @@ def resolve_decoder(requested: str | None = None) -> str:
     llama.py) and everything else with transformers; 'transformers' always uses generate()."""
     value = (requested or os.environ.get("FTCHAT_DECODER") or "auto").strip().lower()
     if value not in DECODERS:
-        raise ValueError(f"Unknown decoder '{value}'; choose {' or '.join(DECODERS)} (FTCHAT_DECODER)")
+        raise SettingsError(f"Unknown decoder '{value}'; choose {' or '.join(DECODERS)} (FTCHAT_DECODER)")
     return value
 
 
