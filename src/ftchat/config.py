@@ -38,6 +38,22 @@ def _env_number(name: str, default: str, kind: type, low: float, high: float | N
     return value
 
 
+def parse_auth(value: str) -> tuple[str, str]:
+    """"user:password" (from --auth or FTCHAT_AUTH) as a (user, password) pair."""
+    user, _, password = (value or "").partition(":")
+    if not user.strip() or not password:
+        raise SettingsError("credentials must look like user:password (both parts non-empty)")
+    return user.strip(), password
+
+
+def _env_auth() -> tuple[str, str] | None:
+    value = os.environ.get("FTCHAT_AUTH", "")
+    try:
+        return parse_auth(value) if value else None
+    except SettingsError as exc:
+        raise SettingsError(f"FTCHAT_AUTH: {exc}") from None
+
+
 GATE_FILE = PACKAGE_DIR / "gate.json"
 
 
@@ -59,6 +75,8 @@ class Settings:
     model: str = field(default_factory=lambda: os.environ.get("FTCHAT_MODEL", DEFAULT_MODEL))
     host: str = field(default_factory=lambda: os.environ.get("FTCHAT_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _env_number("FTCHAT_PORT", "7860", int, 0, 65535))
+    # (user, password) the page and its API require, from FTCHAT_AUTH=user:password; None: open.
+    auth: tuple[str, str] | None = field(default_factory=_env_auth)
 
     # Chunking: all-MiniLM-L6-v2 reads 256 word pieces; ~170 words plus the heading path fits.
     chunk_max_words: int = 170
