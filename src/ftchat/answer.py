@@ -348,7 +348,7 @@ def build_messages(question: str, evidence: EvidenceSet, context: str | None = N
 
 # --- Verification -------------------------------------------------------------------------
 
-_MARKERS = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
+CITATION_MARKERS = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 # End of a sentence: terminal punctuation, optional citation markers, then white space
 # before something that starts a new sentence. The markers are taken possessively, so a
 # final "sentence. [3]" is never split into "sentence." and a bare "[3]".
@@ -366,7 +366,7 @@ class Verdict:
 
 def _claim_text(sentence: str) -> str:
     """What a sentence claims: without citation markers or an "Answer:" preamble."""
-    text = _MARKERS.sub("", sentence).strip()
+    text = CITATION_MARKERS.sub("", sentence).strip()
     return re.sub(r"^(answer|according to the sources?)[:,]\s*", "", text, flags=re.IGNORECASE)
 
 
@@ -395,7 +395,7 @@ def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) ->
 
 
 def cited_numbers(text: str) -> list[int]:
-    return [int(x) for group in _MARKERS.findall(text) for x in group.split(",")]
+    return [int(x) for group in CITATION_MARKERS.findall(text) for x in group.split(",")]
 
 
 def answer_sentences(text: str) -> list[str]:
