@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ftchat import answer as ans
 from ftchat.chunking import chunk_sections
+from ftchat.corpus import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES
 from ftchat.corpus import (
     CorpusError,
     LoadReport,
@@ -31,7 +32,7 @@ from ftchat.corpus import (
     parse_text,
 )
 from ftchat.retrieval import QuestionError, Retriever
-from ftchat.ui import MAX_UPLOAD_BYTES, UPLOAD_SUFFIXES, check_upload, place_upload, safe_name
+from ftchat.uploads import MAX_UPLOAD_BYTES, check_upload, place_upload, safe_name
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)
@@ -322,7 +323,7 @@ def test_hostile_uploads_through_the_page_stay_in_the_uploads_folder(fresh_setti
     """The page's own upload path: names with traversal and control characters, an empty file,
     a binary renamed .md and a good document; only the good one is indexed, all inside uploads/."""
     from ftchat.api import Assistant
-    from ftchat.ui import ChatApp
+    from ftchat.chatapp import ChatApp
 
     incoming = tmp_path / "gradio-tmp"
     incoming.mkdir()

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from guide_fixtures import FTCHAT
+
+from ftchat.answer import cited_numbers
+from ftchat.serve import LOOPBACK_HOSTS, PageProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 240  # first index build of the real corpus plus Gradio's start
@@ -24,57 +26,29 @@ START_TIMEOUT_S = 240  # first index build of the real corpus plus Gradio's star
 _SERVER: dict = {}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def running_app(tmp_root: Path) -> str:
     """URL of the app process for this test session, started on first use."""
-    if _SERVER.get("url"):
-        return _SERVER["url"]
-    port = _free_port()
-    log_path = tmp_root / "app.log"
+    if _SERVER.get("page"):
+        return _SERVER["page"].url
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTCHAT_")}
-    env.update(
-        FTCHAT_INDEX_DIR=str(tmp_root / "index"),
-        FTCHAT_CACHE_DIR=str(Path.home() / ".cache" / "ftchat"),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        GRADIO_ANALYTICS_ENABLED="False",
-        PYTHONUNBUFFERED="1",
-    )
-    log = log_path.open("w")
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    _SERVER.update(process=process, log=log, log_path=log_path)
-    url = f"http://127.0.0.1:{port}/"
-    while time.perf_counter() - started < START_TIMEOUT_S:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        if "ftchat page ready" in log_path.read_text(errors="replace"):
-            _SERVER.update(url=url, start_seconds=time.perf_counter() - started)
-            return url
-        time.sleep(0.25)
-    stop_app()
-    pytest.fail(f"app.py did not come up in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+    env.pop("GRADIO_ANALYTICS_ENABLED", None)  # the page must turn analytics off itself
+    env.update(FTCHAT_INDEX_DIR=str(tmp_root / "index"),
+               FTCHAT_CACHE_DIR=str(Path.home() / ".cache" / "ftchat"))
+    page = PageProcess(tmp_root / "app.log", env=env, command=[sys.executable, str(ROOT / "app.py")],
+                       cwd=ROOT)
+    try:
+        _SERVER.update(page=page, start_seconds=page.wait_ready(START_TIMEOUT_S))
+    except RuntimeError as exc:
+        page.stop()
+        _SERVER.clear()
+        pytest.fail(f"app.py did not start: {exc}")
+    return page.url
 
 
 def stop_app() -> None:
-    process = _SERVER.pop("process", None)
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    if "log" in _SERVER:
-        _SERVER.pop("log").close()
-    _SERVER.pop("url", None)
+    page = _SERVER.pop("page", None)
+    if page is not None:
+        page.stop()
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +81,7 @@ def test_in_scope_question_streams_a_cited_answer(client):
     assert final["mode"] in ("generated", "extractive")
     assert any(not o["done"] and o["answer"] for o in outputs[:-1]), "nothing was streamed before the end"
 
-    cited = {int(n) for n in re.findall(r"\[(\d+)\]", final["answer"])}
+    cited = set(cited_numbers(final["answer"]))
     assert cited, f"answer has no citation: {final['answer']!r}"
     numbers = {c["n"] for c in final["citations"]}
     assert cited <= numbers, (cited, numbers)
@@ -136,9 +110,75 @@ def test_empty_question_is_a_readable_error_and_the_app_keeps_working(client):
     assert again["answerable"] is True and again["citations"]
 
 
-def test_page_config_is_local_and_without_analytics(app_url):
-    assert app_url.startswith("http://127.0.0.1:")
+def test_page_is_local_and_without_analytics(app_url):
+    """The page listens on loopback only and tells the browser that analytics are off,
+    although the app was started without FTCHAT_HOST or GRADIO_ANALYTICS_ENABLED."""
+    import psutil
+
+    listening = [c.laddr for c in psutil.Process(_SERVER["page"].process.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening, "the app process listens on nothing"
+    assert all(addr.ip in LOOPBACK_HOSTS for addr in listening), listening
     with urllib.request.urlopen(app_url + "config", timeout=10) as response:
         config = json.loads(response.read())
     assert config["analytics_enabled"] is False
     assert config.get("share_url") in (None, "")
+
+
+# --- app.py is `ftchat serve`; launch takes its credentials from Settings -------------------
+
+
+def _run(command: list[str], **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FTCHAT_")}
+    return subprocess.run(command, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_app_py_gives_the_same_one_line_error_as_ftchat_serve():
+    app_py = [sys.executable, str(ROOT / "app.py")]
+    serve = [str(FTCHAT), "serve"]
+    bad_auth = [_run([*command, "--auth", "no-colon"]) for command in (app_py, serve)]
+    assert [r.returncode for r in bad_auth] == [2, 2]
+    assert bad_auth[0].stderr == bad_auth[1].stderr
+    assert bad_auth[0].stderr.splitlines()[-1] == (
+        "Error: Invalid value for --auth: credentials must look like user:password (both parts non-empty)")
+
+
+def test_launch_asks_for_the_credentials_in_settings(monkeypatch, capsys):
+    from ftchat import serve
+    from ftchat.config import Settings
+
+    calls: dict = {}
+
+    class FakeDemo:
+        local_url = "http://0.0.0.0:1/"
+
+        def launch(self, **kwargs):
+            calls.update(kwargs)
+
+        def block_thread(self):
+            pass
+
+    monkeypatch.setattr(serve, "prepare_page", lambda settings: (FakeDemo(), {}))
+    monkeypatch.delenv("FTCHAT_AUTH", raising=False)
+    serve.launch(Settings().with_overrides(auth=("alice", "s3cret")), host="0.0.0.0", port=1)
+    assert calls["auth"] == ("alice", "s3cret")
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_serve_takes_auth_from_settings_and_auth_overrides_it(monkeypatch):
+    from click.testing import CliRunner
+
+    from ftchat import serve
+    from ftchat.cli import main
+
+    launched: list = []
+    monkeypatch.setattr(serve, "launch", lambda settings, **kwargs: launched.append(settings.auth))
+    for key in [k for k in os.environ if k.startswith("FTCHAT_")]:
+        monkeypatch.delenv(key)
+    runner = CliRunner()
+    assert runner.invoke(main, ["serve"]).exit_code == 0
+    assert runner.invoke(main, ["serve"], env={"FTCHAT_AUTH": "bob:pw"}).exit_code == 0
+    overridden = runner.invoke(main, ["serve", "--auth", "carol:pw:x"], env={"FTCHAT_AUTH": "bob:pw"})
+    assert overridden.exit_code == 0
+    assert launched == [None, ("bob", "pw"), ("carol", "pw:x")]

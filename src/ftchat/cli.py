@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import Settings, SettingsError
+from .config import Settings, SettingsError, parse_auth
 from .corpus import CorpusError
 from .embedding import ModelNotAvailable
 from .retrieval import QuestionError
@@ -296,8 +296,8 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1, or FTCHAT_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default 7860, or FTCHAT_PORT).")
-@click.option("--auth", default=None, envvar="FTCHAT_AUTH", show_envvar=True,
-              help="user:password required to use the page and its API.")
+@click.option("--auth", default=None, metavar="USER:PASSWORD",
+              help="Credentials required to use the page and its API (default: FTCHAT_AUTH).")
 @click.option("--share", is_flag=True, help="Also open a public Gradio share link (off by default).")
 def serve(host: str | None, port: int | None, auth: str | None, share: bool) -> None:
     """Start the chat page (same as `python app.py`).
@@ -305,16 +305,15 @@ def serve(host: str | None, port: int | None, auth: str | None, share: bool) -> 
     Binds 127.0.0.1 unless told otherwise; binding another address (or --share) without
     --auth prints a loud warning.
     """
-    from .ui import launch, parse_auth
+    from .serve import launch
 
     credentials = None
-    if auth:
+    if auth is not None:
         try:
             credentials = parse_auth(auth)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--auth / FTCHAT_AUTH") from exc
-    launch(_settings(), host=host, port=port, auth=credentials, share=share)
-
+        except SettingsError as exc:
+            raise click.BadParameter(str(exc), param_hint="--auth") from exc
+    launch(_settings(auth=credentials), host=host, port=port, share=share)
 
 
 @main.command()

@@ -1,0 +1,166 @@
+"""How the page shows a conversation: chat messages with clickable citations, and the
+sources panel's cards with the evidence highlighted. Pure functions of the turns; all
+text is HTML-escaped here.
+
+A turn is the page's record of one question: {"id", "question", "pending", "note",
+"text" (streamed so far), "answer" (the final Answer), "error"}.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+
+from .answer import CITATION_MARKERS, Answer
+from .retrieval import Passage, QuestionError
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def linked(text: str, turn_id: int) -> str:
+    """Answer text, HTML-escaped, with every [n] a link to its card in the sources panel
+    (a group [1, 2] becomes one link per number)."""
+
+    def link(match: re.Match) -> str:
+        space = match.group(0)[: match.group(0).index("[")]  # the pattern takes leading space
+        return space + "".join(
+            f'<a class="cite" href="#src-{turn_id}-{n}" title="Show source {n}">[{n}]</a>'
+            for n in (int(x) for x in match.group(1).split(","))
+        )
+
+    return CITATION_MARKERS.sub(link, _esc(text))
+
+
+def follow_up(passage: Passage) -> str:
+    leaf = passage.chunk.heading_path[-1] if passage.chunk.heading_path else passage.chunk.title
+    return f"Tell me about {leaf}"
+
+
+def _source_label(passage: Passage) -> str:
+    source = passage.chunk.source
+    if os.path.isabs(source):
+        source = ("uploads/" if "/uploads/" in source else "") + Path(source).name
+    return f"{source} · {passage.chunk.location}"
+
+
+def assistant_message(turn: dict) -> dict:
+    answer: Answer | None = turn.get("answer")
+    tid = turn["id"]
+    if turn.get("error"):
+        return {"role": "assistant", "content": f"**Error:** {turn['error']}"}
+    if answer is None:
+        text = linked(turn.get("text", ""), tid)
+        note = turn.get("note", "")
+        if text and note:
+            return {"role": "assistant", "content": f"{text} ▍"}
+        return {"role": "assistant", "content": text + (" ▍" if text else note or "…")}
+    if not answer.answerable:
+        sections = answer.passages
+        content = "**The guide doesn't cover that.**"
+        if sections:
+            content += " The closest sections it has are below; pick one to ask about it instead."
+        return {
+            "role": "assistant",
+            "content": content,
+            "options": [{"value": follow_up(p), "label": p.chunk.title} for p in sections],
+        }
+    content = linked(answer.text, tid)
+    if answer.citations:
+        refs = " · ".join(
+            f'<a class="cite" href="#src-{tid}-{c.n}">[{c.n}]</a> {_esc(c.passage.chunk.title)}'
+            for c in answer.citations
+        )
+        content += f'\n\n<span class="ft-note">Sources: {refs}</span>'
+    if answer.mode == "extractive":
+        content += ('\n\n<span class="ft-note">Quoted directly from the guide: the model\'s own '
+                    "wording could not be verified against the sources.</span>")
+    return {"role": "assistant", "content": content}
+
+
+def chat_messages(turns: list[dict]) -> list[dict]:
+    messages: list[dict] = []
+    for turn in turns:
+        messages.append({"role": "user", "content": _esc(turn["question"])})
+        messages.append(assistant_message(turn))
+    return messages
+
+
+def highlight(text: str, quotes: list[str]) -> str:
+    """HTML-escaped passage text with each evidence quote wrapped in <mark>."""
+    spans: list[tuple[int, int]] = []
+    for quote in quotes:
+        words = quote.split()
+        if not words:
+            continue
+        match = re.search(r"\s+".join(re.escape(w) for w in words), text)
+        if match:
+            spans.append(match.span())
+    spans.sort()
+    out, position = [], 0
+    for start, end in spans:
+        if start < position:
+            start = position
+        if start >= end:
+            continue
+        out.append(_esc(text[position:start]))
+        out.append(f"<mark>{_esc(text[start:end])}</mark>")
+        position = end
+    out.append(_esc(text[position:]))
+    return "".join(out)
+
+
+def _card(card_id: str, label: str, passage: Passage, quotes: list[str], cited: bool) -> str:
+    meta = (f"{_esc(_source_label(passage))} · retrieval rank {passage.rank} · "
+            f"similarity {passage.dense:.2f} · keyword {passage.keyword:.1f} · fused {passage.score:.4f}")
+    return (
+        f'<div class="src-card{"" if cited else " uncited"}" id="{card_id}">'
+        f'<div class="src-head"><span class="src-n">{label}</span>{_esc(passage.chunk.title)}</div>'
+        f'<div class="src-meta">{meta}</div>'
+        f'<div class="src-text">{highlight(passage.chunk.text, quotes)}</div></div>'
+    )
+
+
+def sources_html(turns: list[dict], show_all: bool) -> str:
+    done = [t for t in turns if t.get("answer") is not None]
+    if not done:
+        return ('<div class="src-empty">Sources for each answer appear here: the section of the guide, '
+                "its file and line, the passage with the sentences the answer used highlighted, and its "
+                "retrieval score. Click a citation [n] in an answer to jump to it.</div>")
+    blocks = []
+    for position, turn in enumerate(reversed(done)):
+        answer: Answer = turn["answer"]
+        tid = turn["id"]
+        cards = []
+        cited_ids = set()
+        if answer.answerable:
+            for c in answer.citations:
+                cited_ids.add(c.passage.chunk.id)
+                cards.append(_card(f"src-{tid}-{c.n}", f"[{c.n}]", c.passage, c.quotes, True))
+            extra = [p for p in answer.passages if p.chunk.id not in cited_ids]
+            if show_all and extra:
+                cards.extend(_card(f"ret-{tid}-{p.rank}", f"#{p.rank}", p, [], False) for p in extra)
+            elif extra:
+                cards.append(f'<div class="src-empty">{len(extra)} more retrieved passage(s) not cited; '
+                             "tick “Show all retrieved passages” to see them.</div>")
+        else:
+            cards.append('<div class="src-empty">Not covered by the guide. Closest sections:</div>')
+            cards.extend(_card(f"ret-{tid}-{p.rank}", f"#{p.rank}", p, [], False) for p in answer.passages)
+        summary = f"Sources for “{_esc(turn['question'][:90])}”"
+        blocks.append(
+            f'<details class="src-turn" id="turn-{tid}" {"open" if position == 0 else ""}>'
+            f"<summary>{summary}</summary>{''.join(cards)}</details>"
+        )
+    return "".join(blocks)
+
+
+def error_text(exc: BaseException) -> str:
+    if isinstance(exc, QuestionError):
+        return str(exc)
+    message = str(exc) or type(exc).__name__
+    return (f"Sorry, something went wrong while answering ({_esc(type(exc).__name__)}: "
+            f"{_esc(message[:400])}). The page still works: try again with the retry button "
+            "or ask something else.")
