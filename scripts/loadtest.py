@@ -28,8 +28,7 @@ import json
 import os
 import random
 import re
-import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 import threading
@@ -40,11 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from ftchat.answer import condense  # noqa: E402  (the same rule the server applies)
+from ftchat.answer import cited_numbers, condense  # noqa: E402  (the same rules the server applies)
+from ftchat.serve import PageProcess  # noqa: E402
 
 EVAL_FILE = ROOT / "eval" / "eval.jsonl"
 START_TIMEOUT_S = 300
-_CITE = re.compile(r"\[(\d+)\]")
 
 
 # --- Question plans -----------------------------------------------------------------------
@@ -88,54 +87,12 @@ def plan(rows: list[dict], count: int, seed: int) -> list[Step]:
 # --- The server ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`python app.py` on a free loopback port, its log in a file."""
-
-    def __init__(self, index_dir: Path | None, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = dict(os.environ)
-        env.pop("FTCHAT_HOST", None)
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-                   PYTHONUNBUFFERED="1")
-        env.pop("FTCHAT_AUTH", None)
-        if index_dir is not None:
-            env["FTCHAT_INDEX_DIR"] = str(index_dir)
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> float:
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.tail()}")
-            if "ftchat page ready" in self.log_path.read_text(errors="replace"):
-                return time.perf_counter() - started
-            time.sleep(0.25)
-        raise RuntimeError(f"app.py did not come up in {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
+def start_server(index_dir: Path | None, log_path: Path) -> PageProcess:
+    """`python app.py` on a free loopback port, open (no FTCHAT_AUTH), its log in a file."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FTCHAT_HOST", "FTCHAT_AUTH")}
+    if index_dir is not None:
+        env["FTCHAT_INDEX_DIR"] = str(index_dir)
+    return PageProcess(log_path, env=env, command=[sys.executable, str(ROOT / "app.py")], cwd=ROOT)
 
 
 def rss_bytes(pid: int) -> int:
@@ -218,7 +175,7 @@ def check_answer(step: Step, history: list[str], outputs: list[dict]) -> tuple[l
         problems.append("citations missing")
         citations = []
     numbers = {c.get("n") for c in citations}
-    cited = {int(n) for n in _CITE.findall(text)}
+    cited = set(cited_numbers(text))
     if not cited <= numbers:
         problems.append(f"answer cites {sorted(cited - numbers)} which are not in its citations")
     if final.get("answerable"):
@@ -281,12 +238,10 @@ def run_session(url: str, number: int, steps: list[Step], deadline: float, resul
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    """The q-quantile (0.5, 0.95), interpolated between the two nearest values."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -299,10 +254,14 @@ def run(args: argparse.Namespace) -> dict:
             raise SystemExit("--url must point at a loopback address (127.0.0.1, localhost, [::1])")
     else:
         log_path = Path(args.log or tempfile.mkstemp(prefix="ftchat-loadtest-", suffix=".log")[1])
-        server = Server(args.index_dir, log_path)
+        server = start_server(args.index_dir, log_path)
         pid = server.process.pid
         print(f"starting app.py on {server.url} (log: {log_path})", flush=True)
-        start_seconds = server.wait_ready()
+        try:
+            start_seconds = server.wait_ready(START_TIMEOUT_S)
+        except RuntimeError:
+            server.stop()
+            raise
         print(f"app ready after {start_seconds:.1f} s", flush=True)
         url = server.url
     report: dict = {"url": url, "sessions": args.sessions, "questions_per_session": args.questions}

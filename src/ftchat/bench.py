@@ -16,13 +16,11 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -265,36 +263,18 @@ def cold_start_answer(settings: Settings, question: str, **env: str) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cold_start_page(settings: Settings, timeout: float = 180.0) -> float | None:
-    """A fresh `ftchat serve` process until the page answers HTTP 200."""
-    port = _free_port()
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [*_ftchat(), "serve", "--port", str(port)], env=_env(settings),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        while time.perf_counter() - started < timeout and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                    if response.status == 200 and response.read(64):
-                        return time.perf_counter() - started
-            except OSError:
-                time.sleep(0.1)
-        return None
-    finally:
-        proc.terminate()
+    """A fresh `ftchat serve` process until the page says it is ready."""
+    from .serve import PageProcess
+
+    with tempfile.TemporaryDirectory(prefix="ftchat-bench-") as folder:
+        page = PageProcess(Path(folder) / "page.log", env=_env(settings), command=[*_ftchat(), "serve"])
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            return page.wait_ready(timeout)
+        except RuntimeError:
+            return None
+        finally:
+            page.stop()
 
 
 # --- Index builds ---------------------------------------------------------------------------
