@@ -246,55 +246,18 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     rows = load_rows(args.eval_file)
-    server = None
-    pid = args.pid
-    if args.url:
-        url = args.url
-        if not re.match(r"https?://(127\.0\.0\.1|localhost|\[::1\])[:/]", url):
-            raise SystemExit("--url must point at a loopback address (127.0.0.1, localhost, [::1])")
-    else:
-        log_path = Path(args.log or tempfile.mkstemp(prefix="ftchat-loadtest-", suffix=".log")[1])
-        server = start_server(args.index_dir, log_path)
-        pid = server.process.pid
-        print(f"starting app.py on {server.url} (log: {log_path})", flush=True)
-        try:
-            start_seconds = server.wait_ready(START_TIMEOUT_S)
-        except RuntimeError:
-            server.stop()
-            raise
-        print(f"app ready after {start_seconds:.1f} s", flush=True)
-        url = server.url
+    url, server = _target(args)
+    pid = server.process.pid if server else args.pid
     report: dict = {"url": url, "sessions": args.sessions, "questions_per_session": args.questions}
     sampler = None
+    results: list[Result] = []
     try:
-        from gradio_client import Client
-
-        # Warm-up (not counted): waits for the model to finish loading.
-        warm_started = time.perf_counter()
-        warm = Client(url, verbose=False, download_files=False)
-        for question in ("What is LoRA?",):
-            list(warm.submit(question, [], 0, api_name="/ask"))
-        warm.close()
-        report["warm_up_seconds"] = round(time.perf_counter() - warm_started, 1)
+        report["warm_up_seconds"] = _warm_up(url)
         if pid:
             sampler = MemorySampler(pid)
             sampler.start()
             time.sleep(0.6)
-        plans = [plan(rows, args.questions, args.seed + s) for s in range(args.sessions)]
-        results: list[Result] = []
-        lock = threading.Lock()
-        deadline = time.monotonic() + args.time_limit
-        started = time.perf_counter()
-        threads = [
-            threading.Thread(target=run_session, name=f"session-{s}",
-                             args=(url, s, plans[s], deadline, results, lock, sampler, args.k))
-            for s in range(args.sessions)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=args.time_limit + 600)
-        elapsed = time.perf_counter() - started
+        elapsed = _drive(url, rows, args, results, sampler)
     finally:
         if sampler:
             sampler.stop()
@@ -302,13 +265,73 @@ def run(args: argparse.Namespace) -> dict:
             if server.process.poll() is not None:
                 report["server_exit"] = server.process.returncode
             server.stop()
+    report.update(_summary(results, elapsed, args))
+    ok = report["failures"] == 0 and len(results) > 0
+    if sampler and sampler.samples:
+        report["memory_mb"], growth = _memory(sampler, len(results), args.max_growth_mb)
+        report["memory_flat"] = growth <= args.max_growth_mb
+        ok = ok and report["memory_flat"]
+    if report.get("server_exit") is not None:
+        ok = False
+    report["passed"] = ok
+    return report
 
+
+def _target(args: argparse.Namespace) -> tuple[str, PageProcess | None]:
+    """The URL to drive: --url, or a page started here (returned so it can be stopped)."""
+    if args.url:
+        if not re.match(r"https?://(127\.0\.0\.1|localhost|\[::1\])[:/]", args.url):
+            raise SystemExit("--url must point at a loopback address (127.0.0.1, localhost, [::1])")
+        return args.url, None
+    log_path = Path(args.log or tempfile.mkstemp(prefix="ftchat-loadtest-", suffix=".log")[1])
+    server = start_server(args.index_dir, log_path)
+    print(f"starting app.py on {server.url} (log: {log_path})", flush=True)
+    try:
+        start_seconds = server.wait_ready(START_TIMEOUT_S)
+    except RuntimeError:
+        server.stop()
+        raise
+    print(f"app ready after {start_seconds:.1f} s", flush=True)
+    return server.url, server
+
+
+def _warm_up(url: str) -> float:
+    """One question, not counted: waits for the model to finish loading."""
+    from gradio_client import Client
+
+    started = time.perf_counter()
+    warm = Client(url, verbose=False, download_files=False)
+    list(warm.submit("What is LoRA?", [], 0, api_name="/ask"))
+    warm.close()
+    return round(time.perf_counter() - started, 1)
+
+
+def _drive(url: str, rows: list[dict], args: argparse.Namespace, results: list[Result],
+           sampler: MemorySampler | None) -> float:
+    """All sessions at once, each in its own thread; the seconds they took."""
+    plans = [plan(rows, args.questions, args.seed + s) for s in range(args.sessions)]
+    lock = threading.Lock()
+    deadline = time.monotonic() + args.time_limit
+    started = time.perf_counter()
+    threads = [
+        threading.Thread(target=run_session, name=f"session-{s}",
+                         args=(url, s, plans[s], deadline, results, lock, sampler, args.k))
+        for s in range(args.sessions)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=args.time_limit + 600)
+    return time.perf_counter() - started
+
+
+def _summary(results: list[Result], elapsed: float, args: argparse.Namespace) -> dict:
     failures = [r for r in results if r.problems]
     seconds = [r.seconds for r in results if not r.problems]
     server_ms = [r.server_ms for r in results if r.server_ms is not None and not r.problems]
     follow_ups = [r for r in results if r.kind == "follow-up" and not r.problems]
     planned = args.sessions * args.questions
-    report.update(
+    return dict(
         planned=planned,
         completed=len(results),
         stopped_by_time_limit=len(results) < planned,
@@ -328,30 +351,26 @@ def run(args: argparse.Namespace) -> dict:
         server_answer_ms={"p50": round(percentile(server_ms, 0.5)) if server_ms else None,
                           "p95": round(percentile(server_ms, 0.95)) if server_ms else None},
     )
-    ok = not failures and len(results) > 0
-    if sampler and sampler.samples:
-        mb = [s[1] / 2**20 for s in sampler.samples]
-        before = mb[0]
-        # Growth is judged after the first quarter of the answers: allocator pools and
-        # caches fill up early under concurrency; a leak keeps growing after that.
-        quarter = max(1, len(results) // 4)
-        settled = [m for (_, _, done), m in zip(sampler.samples, mb, strict=True) if done >= quarter]
-        settled_start = settled[0] if settled else before
-        growth = mb[-1] - settled_start
-        report["memory_mb"] = {
-            "before": round(before), "after": round(mb[-1]), "peak": round(max(mb)),
-            "after_first_quarter": round(settled_start), "growth_after_first_quarter": round(growth, 1),
-            "bound": args.max_growth_mb, "samples": len(mb),
-            # RSS when each tenth of the answers had come back: a leak climbs steadily here.
-            "by_tenth": [round(next((m for (_, _, done), m in zip(sampler.samples, mb, strict=True)
-                                     if done >= len(results) * t / 10), mb[-1])) for t in range(1, 11)],
-        }
-        report["memory_flat"] = growth <= args.max_growth_mb
-        ok = ok and report["memory_flat"]
-    if report.get("server_exit") is not None:
-        ok = False
-    report["passed"] = ok
-    return report
+
+
+def _memory(sampler: MemorySampler, answers: int, bound_mb: float) -> tuple[dict, float]:
+    """The RSS report, and the growth (MB) after the first quarter of the answers."""
+    mb = [s[1] / 2**20 for s in sampler.samples]
+    before = mb[0]
+    # Growth is judged after the first quarter of the answers: allocator pools and
+    # caches fill up early under concurrency; a leak keeps growing after that.
+    quarter = max(1, answers // 4)
+    settled = [m for (_, _, done), m in zip(sampler.samples, mb, strict=True) if done >= quarter]
+    settled_start = settled[0] if settled else before
+    growth = mb[-1] - settled_start
+    return {
+        "before": round(before), "after": round(mb[-1]), "peak": round(max(mb)),
+        "after_first_quarter": round(settled_start), "growth_after_first_quarter": round(growth, 1),
+        "bound": bound_mb, "samples": len(mb),
+        # RSS when each tenth of the answers had come back: a leak climbs steadily here.
+        "by_tenth": [round(next((m for (_, _, done), m in zip(sampler.samples, mb, strict=True)
+                                 if done >= answers * t / 10), mb[-1])) for t in range(1, 11)],
+    }, growth
 
 
 def main(argv: list[str] | None = None) -> int:
