@@ -11,6 +11,24 @@ from pathlib import Path
 # the default index live there so `make run` works from any working directory.
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent.parent
+# An installed package (`pip install .`) is not in a checkout: it carries the guide as
+# package data (ftchat/guide/, mapped from corpus/ in pyproject.toml) and keeps its index
+# in the user's data folder, since site-packages is no place to write.
+IN_CHECKOUT = PACKAGE_DIR.parent.name == "src" and (REPO_ROOT / "pyproject.toml").is_file()
+SHIPPED_CORPUS = PACKAGE_DIR / "guide"
+
+
+def default_corpus_dir() -> Path:
+    return REPO_ROOT / "corpus" if IN_CHECKOUT else SHIPPED_CORPUS
+
+
+def default_index_dir() -> Path:
+    if IN_CHECKOUT:
+        return REPO_ROOT / "index"
+    data_home = os.environ.get("XDG_DATA_HOME", "")
+    # The XDG spec says to ignore a relative XDG_DATA_HOME.
+    base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
+    return base / "ftchat" / "index"
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_MODEL = "smollm2-135m"
@@ -66,8 +84,8 @@ def _calibrated_threshold() -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    corpus_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_CORPUS_DIR", REPO_ROOT / "corpus"))
-    index_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_INDEX_DIR", REPO_ROOT / "index"))
+    corpus_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_CORPUS_DIR", default_corpus_dir()))
+    index_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_INDEX_DIR", default_index_dir()))
     cache_dir: Path = field(
         default_factory=lambda: _default_dir("FTCHAT_CACHE_DIR", Path.home() / ".cache" / "ftchat")
     )

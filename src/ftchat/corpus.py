@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from .config import REPO_ROOT
+from .config import IN_CHECKOUT, REPO_ROOT, SHIPPED_CORPUS
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,11 @@ class CorpusError(Exception):
 
 
 def display_path(path: Path) -> str:
+    """Relative to the repository in a checkout; the guide an installed package carries
+    shows as corpus/..., so a citation reads the same however ftchat was installed."""
     path = path.resolve()
-    try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    root, shown_as = (REPO_ROOT, Path()) if IN_CHECKOUT else (SHIPPED_CORPUS, Path("corpus"))
+    return str(shown_as / path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def read_text(path: Path) -> str:
