@@ -77,6 +77,42 @@ def test_markdown_tilde_fence_and_longer_fence_with_inner_backticks():
     assert "# inside four-backtick fence" in sections[0].text
 
 
+def test_markdown_setext_headings_are_sections_located_at_their_title_line():
+    text = (
+        "Guide\n=====\n\nIntro.\n\n"
+        "Key concepts\n------------\n\nLoRA adds low-rank adapters.\n\n"
+        "### LoRA\n\nRank and alpha.\n\n"
+        "Second\nline title\n---\n\nTwo-line body.\n"
+    )
+    sections = parse_markdown(text, "g.md", "g")
+    assert [(s.heading_path, s.location, s.text) for s in sections] == [
+        (("Guide",), "line 1", "Intro."),
+        (("Guide", "Key concepts"), "line 6", "LoRA adds low-rank adapters."),
+        (("Guide", "Key concepts", "LoRA"), "line 11", "Rank and alpha."),
+        # A setext title may span lines; the underline is not part of the body.
+        (("Guide", "Second line title"), "line 15", "Two-line body."),
+    ]
+
+
+def test_markdown_hash_line_inside_a_fence_is_not_a_heading_though_a_fence_like_line_is_inside():
+    # CommonMark: a closing fence may be indented by at most three spaces, so the four-space
+    # ``` line below is code and the fence stays open over the '#' line.
+    text = (
+        "# Setup\n\n  ```markdown\nA list item with code:\n    ```\n# still code\n  ```\n\nAfter the code.\n"
+    )
+    sections = parse_markdown(text, "s.md", "s")
+    assert [s.heading_path for s in sections] == [("Setup",)]
+    # Verbatim, only stripped at its two ends as every section is.
+    assert sections[0].text == (
+        "```markdown\nA list item with code:\n    ```\n# still code\n  ```\n\nAfter the code."
+    )
+
+
+def test_markdown_heading_only_file_has_no_sections_and_no_error():
+    assert parse_markdown("# Only a heading\n\n## And another\n", "h.md", "h") == []
+    assert parse_markdown("Only a heading\n==============\n", "h.md", "h") == []
+
+
 def test_markdown_skipped_heading_levels():
     text = "# A\n\n### C\n\ntext c\n\n## B\n\ntext b\n\n#### D\n\ntext d\n\n# E\n\ntext e\n"
     paths = [s.heading_path for s in parse_markdown(text, "x.md", "x")]

@@ -57,49 +57,67 @@ def read_text(path: Path) -> str:
 
 # --- Markdown -------------------------------------------------------------------------
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
-
 
 def parse_markdown(text: str, source: str, title: str) -> list[Section]:
-    """Split Markdown along its headings; code fences are not searched for headings."""
+    """Split Markdown along its headings (ATX and setext), as CommonMark reads them: a '#'
+    line inside a code fence is code, not a heading.
+
+    markdown-it finds the headings and their lines; each section's text is then cut from
+    the file's own lines, so it stays verbatim (the chunker and the citations quote it)."""
+    # Split as markdown-it does (it normalizes \r\n and \r only), so its line numbers index
+    # these lines; str.splitlines would also break on \f or U+2028 and shift them.
+    lines = re.sub(r"\r\n?", "\n", text).split("\n")
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
-    body: list[str] = []
-    body_start = 1
-    fence = ""  # marker of the open code fence, "" outside one
+    located_at, body_from = 0, 0  # 0-based: the heading's first line, the body's first line
 
-    def flush() -> None:
-        content = "\n".join(body).strip()
+    def flush(end: int) -> None:
+        content = "\n".join(lines[body_from:end]).strip()
         if content:
             path = tuple(h for _, h in stack) or (title,)
-            sections.append(Section(source, path, f"line {body_start}", content))
+            sections.append(Section(source, path, f"line {located_at + 1}", content))
 
-    for number, line in enumerate(text.splitlines(), start=1):
-        fence_match = _FENCE.match(line)
-        if fence_match:
-            marker, rest = fence_match.groups()
-            if not fence:
-                fence = marker
-            elif marker[0] == fence[0] and len(marker) >= len(fence) and not rest.strip():
-                fence = ""  # CommonMark: closes only on the same character, at least as long
-        match = None if fence else _HEADING.match(line)
-        if match and match.group(2).strip():
-            flush()
-            level = len(match.group(1))
-            while stack and stack[-1][0] >= level:
-                stack.pop()
-            stack.append((level, _clean_inline(match.group(2))))
-            body = []
-            body_start = number
-        else:
-            body.append(line)
-    flush()
+    for level, heading, (first, after) in _markdown_headings(text):
+        flush(first)
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        stack.append((level, heading))
+        # A reader points at the heading, so the section is located there; its text starts
+        # after the heading's last line (for setext, after the underline).
+        located_at, body_from = first, after
+    flush(len(lines))
     return sections
 
 
-def _clean_inline(heading: str) -> str:
-    return re.sub(r"[*_`]", "", heading).strip()
+def _markdown_headings(text: str) -> list[tuple[int, str, tuple[int, int]]]:
+    """(level, plain title, 0-based [first, after) line range) of each top-level heading."""
+    from markdown_it import MarkdownIt  # imported here: the CLI starts without it
+
+    tokens = MarkdownIt("commonmark").parse(text)
+    headings = []
+    for opening, inline in zip(tokens, tokens[1:], strict=False):
+        # Level 0 only: a heading inside a block quote or a list item would cut that block
+        # in two, leaving half a quote or half a list in each section.
+        if opening.type != "heading_open" or opening.level != 0 or opening.map is None:
+            continue
+        heading = _plain_inline(inline.children or [])
+        if heading:  # "##" alone names nothing; it stays in the text
+            first, after = opening.map
+            headings.append((int(opening.tag[1]), heading, (first, after)))
+    return headings
+
+
+def _plain_inline(tokens: list) -> str:
+    """A heading's words without markup: `code` keeps its text, links their label."""
+    parts = []
+    for token in tokens:
+        if token.type in {"text", "code_inline", "text_special"}:
+            parts.append(token.content)
+        elif token.type in {"softbreak", "hardbreak"}:
+            parts.append(" ")
+        elif token.children:  # an image's alt text
+            parts.append(_plain_inline(token.children))
+    return " ".join("".join(parts).split())
 
 
 # --- Plain text -----------------------------------------------------------------------
