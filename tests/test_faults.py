@@ -353,12 +353,17 @@ def test_damaged_index_file_is_logged_by_name(built_index_template, tmp_path, ca
 # --- Network exposure: loopback by default, a loud warning otherwise, auth enforced -----------
 
 
-def test_exposure_warning_only_without_auth_off_loopback():
-    from ftchat.config import Settings
-    from ftchat.ui import exposure_warning, parse_auth
+def test_exposure_warning_only_without_auth_off_loopback(monkeypatch):
+    from ftchat.config import Settings, parse_auth
+    from ftchat.ui import exposure_warning
 
-    default_host = Settings.__dataclass_fields__["host"].default_factory()
-    assert default_host in ("127.0.0.1", os.environ.get("FTCHAT_HOST"))
+    # Loopback by default: with FTCHAT_HOST unset the page binds 127.0.0.1 and says nothing;
+    # FTCHAT_HOST is honoured, and an address others can reach without auth is warned about.
+    monkeypatch.delenv("FTCHAT_HOST", raising=False)
+    assert Settings().host == "127.0.0.1"
+    assert exposure_warning(Settings().host, None, False) is None
+    monkeypatch.setenv("FTCHAT_HOST", "0.0.0.0")
+    assert Settings().host == "0.0.0.0" and exposure_warning(Settings().host, None, False)
     for host in ("127.0.0.1", "localhost", "::1"):
         assert exposure_warning(host, None, False) is None
     loud = exposure_warning("0.0.0.0", None, False)
