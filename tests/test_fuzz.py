@@ -170,6 +170,7 @@ def test_search_returns_ranked_passages_or_a_question_error(retriever, question,
     assert all(passages[i].score >= passages[i + 1].score for i in range(len(passages) - 1))
 
 
+@pytest.mark.slow  # every example embeds new text with the real model (~50 s under load)
 @FUZZ
 @given(question=questions, history=st.lists(questions, max_size=4), sentence=questions)
 def test_condense_evidence_and_verification_never_crash(retriever, embedder, question, history, sentence):
