@@ -155,6 +155,7 @@ def retriever(small_index, embedder, small_corpus_settings):
     return Retriever(small_index, embedder, small_corpus_settings)
 
 
+@pytest.mark.slow  # every example embeds a new question with the real model (~14 s under load)
 @FUZZ
 @given(question=questions, k=st.integers(-2, 12))
 def test_search_returns_ranked_passages_or_a_question_error(retriever, question, k):
