@@ -28,8 +28,8 @@ def test_machine_reports_cpu_threads_and_dtype():
     assert isinstance(m["bf16"], bool) and isinstance(m["amx"], bool)
 
 
-# Bytes per weight of each generator dtype; the baseline always decodes float32 weights.
-BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "int8": 1}
+# Bytes per weight of each float generator dtype; the baseline always decodes float32 weights.
+BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2}
 
 
 def check_consistent(result: dict) -> None:
@@ -52,9 +52,14 @@ def check_consistent(result: dict) -> None:
     for name in ("decode", "prefill"):
         assert result[f"{name}_speedup"] == pytest.approx(
             result[f"{name}_tokens_per_s"] / result[f"baseline_{name}_tokens_per_s"], abs=0.01), name
-    # Weight bytes per token follow the dtype: the same model, float32 in the baseline.
+    # Weight bytes per token follow the dtype: the same model, float32 in the baseline. int8
+    # keeps the output layer in float, so it lies between one and four bytes per weight.
     per_weight = result["weight_bytes"] / result["baseline_weight_bytes"] * 4
-    assert per_weight == pytest.approx(BYTES_PER_WEIGHT[result["machine"]["dtype"]], rel=0.15)
+    dtype = result["machine"]["dtype"]
+    if dtype == "int8":
+        assert 1 <= per_weight < 4, per_weight
+    else:
+        assert per_weight == pytest.approx(BYTES_PER_WEIGHT[dtype], rel=0.02), (dtype, per_weight)
     for name in ("retrieval_ms", "first_token_ms", "answer_ms"):
         assert 0 < result[f"{name}_p50"] <= result[f"{name}_p95"], name
     assert result["first_token_ms_p50"] <= result["answer_ms_p50"]
