@@ -11,12 +11,16 @@ Fixtures meant for reuse by other test files:
     embedder               the real, process-wide cached Embedder
     fresh_settings         per-test Settings over a private, editable copy of the corpus
     built_index_template   Settings of a corpus copy indexed once; copy its index_dir before damaging it
+    indexed_settings       per-test Settings with a ready index: a private copy of the template's
+                           index over the template's corpus (add to or damage the index freely,
+                           never edit the corpus)
     make_pdf               function(pages: list[str]) -> bytes of a valid text-layer PDF
     cli_env                function(settings) -> environment for running the `ftchat` script
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -237,6 +241,14 @@ def built_index_template(tmp_path_factory, small_corpus_dir, embedder) -> Settin
     shutil.copytree(small_corpus_dir, root / "corpus")
     settings = settings_for(root)
     open_index(settings)
+    return settings
+
+
+@pytest.fixture
+def indexed_settings(built_index_template, tmp_path) -> Settings:
+    """A private, already built index: copying the template's takes milliseconds, a build seconds."""
+    settings = dataclasses.replace(built_index_template, index_dir=tmp_path / "index")
+    shutil.copytree(built_index_template.index_dir, settings.index_dir)
     return settings
 
 

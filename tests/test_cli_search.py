@@ -39,6 +39,9 @@ def check_passage(passage: dict, chunks_by_id: dict) -> None:
     assert passage["text"] == chunk.text
 
 
+pytestmark = pytest.mark.slow  # every test here runs the `ftchat` script in a new process
+
+
 def test_search_json_matches_the_contract(cli_settings, cli_env, small_index, embedder):
     from ftchat.retrieval import Retriever
 

@@ -25,6 +25,7 @@ def bundled():
     return resolve_embedder(DEFAULT_EMBEDDER)
 
 
+@pytest.mark.slow  # loads sentence-transformers as the reference
 def test_direct_path_matches_sentence_transformers(bundled, embedder):
     from ftchat.embedding import _DirectEncoder, _SentenceTransformersEncoder
 
@@ -83,6 +84,7 @@ def test_remembered_vectors_equal_fresh_ones_and_memory_is_bounded(embedder):
     assert small.encode([]).shape == (0, embedder.dimensions)
 
 
+@pytest.mark.slow  # loads transformers' AutoModel as the fallback
 def test_plain_bert_runs_without_transformers_and_others_fall_back(bundled, tmp_path):
     from ftchat.bert import BertEncoder
 

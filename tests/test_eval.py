@@ -21,12 +21,14 @@ def test_eval_set_has_the_promised_shape() -> None:
     assert all(r.expected_terms for r in answerable)
 
 
+@pytest.mark.slow  # the full-guide eval: the guide's index and every eval question
 def test_retrieval_recall_at_5_on_the_eval_set(assistant) -> None:
     report = ev.evaluate_retrieval(assistant, ROWS)
     assert report.recall_at_5 >= 0.90, report.misses
     assert report.mrr >= 0.75
 
 
+@pytest.mark.slow  # the full-guide eval
 def test_gate_floors_with_the_committed_threshold(assistant) -> None:
     threshold = assistant.settings.gate_threshold
     scores = ev.gate_scores(assistant, ROWS)
@@ -36,6 +38,7 @@ def test_gate_floors_with_the_committed_threshold(assistant) -> None:
     assert sum(outside) / len(outside) >= 0.90
 
 
+@pytest.mark.slow  # the full-guide eval
 def test_gate_answers_new_questions_in_their_own_words(assistant) -> None:
     """The questions of heldout.jsonl and blind.jsonl describe problems rather than name
     techniques. A threshold fitted on eval.jsonl alone (0.39) declined 25% and 13% of them;
@@ -70,6 +73,7 @@ def test_cross_validation_scores_each_fold_with_a_threshold_fitted_elsewhere() -
     assert ev.cross_validate([(0.5, True)] * 4, folds=2)["folds"] == 0  # no out-of-scope rows to fit on
 
 
+@pytest.mark.slow  # the full-guide eval
 def test_held_out_questions_are_retrieved_like_the_eval_set(assistant) -> None:
     """eval/heldout.jsonl was written blind, after the corpus, and is never tuned against."""
     rows = ev.load_rows(ev.DEFAULT_EVAL_FILE.with_name("heldout.jsonl"))
@@ -78,6 +82,7 @@ def test_held_out_questions_are_retrieved_like_the_eval_set(assistant) -> None:
     assert report.recall_at_5 >= 0.85, report.misses
 
 
+@pytest.mark.slow  # the full-guide eval
 def test_blind_questions_are_retrieved(assistant) -> None:
     """eval/blind.jsonl was written by someone who had seen neither eval set. Recall@5 was
     0.917 with reciprocal rank fusion, 0.983 with score fusion; this floor needs the latter."""
@@ -100,6 +105,7 @@ def test_answer_floors_on_a_fixed_sample(assistant) -> None:
     assert report.support_rate >= 0.95
 
 
+@pytest.mark.slow  # three `ftchat eval` processes over the guide
 def test_eval_cli_on_a_user_file(guide_settings, tmp_path) -> None:
     rows = tmp_path / "mine.jsonl"
     rows.write_text(

@@ -177,17 +177,17 @@ def _snapshot(index_dir: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in folder.iterdir()}
 
 
-def test_failing_document_in_an_upload_is_reported_and_the_rest_indexed(fresh_settings, tmp_path):
+def test_failing_document_in_an_upload_is_reported_and_the_rest_indexed(indexed_settings, tmp_path):
     from ftchat.chatapp import ChatApp
 
-    before = open_index(fresh_settings)
+    before = open_index(indexed_settings)
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     good = incoming / "good.md"
     good.write_text("# Good\n\nThe quokkaupload method trains adapters on small GPUs.\n")
     broken = incoming / "broken.pdf"
     broken.write_bytes(b"%PDF-1.7\n" + os.urandom(2048))
-    app = ChatApp(Assistant(fresh_settings))
+    app = ChatApp(Assistant(indexed_settings))
 
     message = app.add_documents([str(broken), str(good)])
     assert "Rejected broken.pdf" in message and "Added good.md" in message, message
@@ -195,34 +195,34 @@ def test_failing_document_in_an_upload_is_reported_and_the_rest_indexed(fresh_se
     after = app.assistant.index
     assert {c.id for c in before.chunks} <= {c.id for c in after.chunks}
     assert any("quokkaupload" in c.text for c in after.chunks)
-    assert sorted(p.name for p in (fresh_settings.index_dir / "uploads").iterdir()) == ["good.md"]
+    assert sorted(p.name for p in (indexed_settings.index_dir / "uploads").iterdir()) == ["good.md"]
 
 
-def test_only_failing_documents_leave_the_index_as_it_was(fresh_settings, tmp_path):
+def test_only_failing_documents_leave_the_index_as_it_was(indexed_settings, tmp_path):
     from ftchat.chatapp import ChatApp
 
-    before = open_index(fresh_settings)
+    before = open_index(indexed_settings)
     broken = tmp_path / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4\n%%EOF garbage " + os.urandom(512))
-    app = ChatApp(Assistant(fresh_settings))
+    app = ChatApp(Assistant(indexed_settings))
     message = app.add_documents([str(broken)])
     assert "Rejected broken.pdf" in message
-    after = Index.load(fresh_settings.index_dir)
+    after = Index.load(indexed_settings.index_dir)
     assert after.chunks == before.chunks and after.manifest["files"] == before.manifest["files"]
-    assert not list((fresh_settings.index_dir / "uploads").iterdir())
+    assert not list((indexed_settings.index_dir / "uploads").iterdir())
 
 
-def test_indexing_failure_during_an_upload_keeps_the_existing_index_untouched(fresh_settings, tmp_path,
+def test_indexing_failure_during_an_upload_keeps_the_existing_index_untouched(indexed_settings, tmp_path,
                                                                               monkeypatch):
     from ftchat import index as index_module
     from ftchat.chatapp import ChatApp
 
-    open_index(fresh_settings)
-    pointer = (fresh_settings.index_dir / "CURRENT").read_text()
-    files = _snapshot(fresh_settings.index_dir)
+    open_index(indexed_settings)
+    pointer = (indexed_settings.index_dir / "CURRENT").read_text()
+    files = _snapshot(indexed_settings.index_dir)
     good = tmp_path / "good.md"
     good.write_text("# Good\n\nSome text about adapters.\n")
-    app = ChatApp(Assistant(fresh_settings))
+    app = ChatApp(Assistant(indexed_settings))
 
     def explode(*args, **kwargs):
         raise RuntimeError("embedder crashed half way")
@@ -230,9 +230,9 @@ def test_indexing_failure_during_an_upload_keeps_the_existing_index_untouched(fr
     monkeypatch.setattr(index_module.Index, "build", explode)
     message = app.add_documents([str(good)])
     assert "Indexing failed" in message and "embedder crashed" in message and "unchanged" in message
-    assert (fresh_settings.index_dir / "CURRENT").read_text() == pointer
-    assert _snapshot(fresh_settings.index_dir) == files
-    assert not list((fresh_settings.index_dir / "uploads").iterdir())
+    assert (indexed_settings.index_dir / "CURRENT").read_text() == pointer
+    assert _snapshot(indexed_settings.index_dir) == files
+    assert not list((indexed_settings.index_dir / "uploads").iterdir())
     assert len(app.assistant.index) > 0  # the page keeps answering from the old index
 
 
@@ -320,9 +320,8 @@ def test_read_only_index_folder_and_corpus(fresh_settings, cli_env):
 
 @pytest.mark.parametrize("how", ["garbage", "delete"])
 @pytest.mark.parametrize("artifact", [*ARTIFACTS, "manifest.json", "CURRENT"])
-def test_damaged_index_file_is_logged_by_name(built_index_template, tmp_path, caplog, artifact, how):
-    settings = dataclasses.replace(built_index_template, index_dir=tmp_path / "index")
-    shutil.copytree(built_index_template.index_dir, settings.index_dir)
+def test_damaged_index_file_is_logged_by_name(built_index_template, indexed_settings, caplog, artifact, how):
+    settings = indexed_settings
     version = Index.load(settings.index_dir).path
     target = settings.index_dir / "CURRENT" if artifact == "CURRENT" else version / artifact
     if how == "delete":
@@ -342,12 +341,17 @@ def test_damaged_index_file_is_logged_by_name(built_index_template, tmp_path, ca
 # --- Network exposure: loopback by default, a loud warning otherwise, auth enforced -----------
 
 
-def test_exposure_warning_only_without_auth_off_loopback():
+def test_exposure_warning_only_without_auth_off_loopback(monkeypatch):
     from ftchat.config import Settings, parse_auth
     from ftchat.serve import exposure_warning
 
-    default_host = Settings.__dataclass_fields__["host"].default_factory()
-    assert default_host in ("127.0.0.1", os.environ.get("FTCHAT_HOST"))
+    # Loopback by default: with FTCHAT_HOST unset the page binds 127.0.0.1 and says nothing;
+    # FTCHAT_HOST is honoured, and an address others can reach without auth is warned about.
+    monkeypatch.delenv("FTCHAT_HOST", raising=False)
+    assert Settings().host == "127.0.0.1"
+    assert exposure_warning(Settings().host, None, False) is None
+    monkeypatch.setenv("FTCHAT_HOST", "0.0.0.0")
+    assert Settings().host == "0.0.0.0" and exposure_warning(Settings().host, None, False)
     for host in ("127.0.0.1", "localhost", "::1"):
         assert exposure_warning(host, None, False) is None
     loud = exposure_warning("0.0.0.0", None, False)

@@ -271,6 +271,7 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(random.Random(7).randbytes(max(path.stat().st_size, 64)))
 
 
+@pytest.mark.slow  # 24 index rebuilds; test_faults' damaged-index test keeps 12 of them in the fast run
 @pytest.mark.parametrize("how", ["delete", "truncate", "empty", "garbage"])
 @pytest.mark.parametrize("artifact", [*ARTIFACTS, "manifest.json", "CURRENT"])
 def test_damaged_artifact_is_detected_and_rebuilt(built_index_template, tmp_path, artifact, how):

@@ -119,6 +119,7 @@ def test_bundled_model_writes_the_same_answers_as_transformers(guide_settings, a
     assert "".join(own.stream(messages, config)) == "".join(plain.stream(messages, config))
 
 
+@pytest.mark.slow  # loads the bundled model and transformers (twice each), over the guide's index
 @pytest.mark.parametrize("shards", ["single", "sharded"])
 def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_path, shards) -> None:
     """A single safetensors file is read directly; anything else (here: shards) is loaded by
@@ -141,6 +142,7 @@ def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_pat
     assert list(own.tokens(prompt, 12, to_the_limit=True)) == expected
 
 
+@pytest.mark.slow  # transformers' tokenizer on prompts retrieved from the guide's index
 def test_chat_tokenizer_gives_transformers_token_ids(guide_settings, answer_prompts) -> None:
     from pathlib import Path
 

@@ -74,6 +74,9 @@ def ask(client, question: str, **kwargs) -> tuple[list[dict], dict]:
     return outputs, outputs[-1]
 
 
+pytestmark = pytest.mark.slow  # every test here talks to the app process started for the session
+
+
 def test_in_scope_question_streams_a_cited_answer(client):
     outputs, final = ask(client, "What is QLoRA?")
     assert final["done"] is True, final
