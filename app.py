@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # run from a p
 
 from ftchat.config import Settings, SettingsError  # noqa: E402
 from ftchat.corpus import CorpusError  # noqa: E402
-from ftchat.embedding import ModelNotAvailable  # noqa: E402
+from ftchat.models import ModelNotAvailable  # noqa: E402
 from ftchat.ui import launch, parse_auth  # noqa: E402
 
 

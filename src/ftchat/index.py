@@ -35,8 +35,9 @@ from . import __version__
 from .chunking import Chunk, chunk_sections
 from .config import Settings
 from .corpus import display_path, iter_files, load_sources
-from .embedding import Embedder, get_embedder
+from .embedding import Embedder
 from .files import file_record, fsync, is_unchanged, sha256_file, staged_folder
+from .models import get_embedder
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,9 @@ from .answer import Answer  # noqa: E402
 from .api import Assistant  # noqa: E402
 from .config import Settings  # noqa: E402
 from .corpus import display_path  # noqa: E402
-from .generation import PRESETS, get_generator, limit_malloc_arenas, release_free_memory  # noqa: E402
 from .index import open_index, sha256_file  # noqa: E402
+from .memory import limit_malloc_arenas, release_free_memory  # noqa: E402
+from .models import generator_names, get_generator  # noqa: E402
 from .retrieval import Passage, QuestionError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ if (navigator.clipboard && navigator.clipboard.writeText) {
 class ModelLoader:
     """Loads generators in background threads and reports where each one stands."""
 
-    def __init__(self, cache_dir: Path) -> None:
-        self.cache_dir = cache_dir
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings  # a model is loaded with these settings, only its name changed
         self._state: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -156,7 +157,7 @@ class ModelLoader:
     def _load(self, name: str) -> None:
         started = time.perf_counter()
         try:
-            get_generator(name, self.cache_dir)
+            get_generator(self.settings.with_overrides(model=name))
         except Exception as exc:  # shown in the status line; a question retries the load
             log.exception("Loading model %s failed", name)
             with self._lock:
@@ -189,7 +190,7 @@ class ChatApp:
     def __init__(self, assistant: Assistant) -> None:
         self.assistant = assistant
         self.settings = assistant.settings
-        self.loader = ModelLoader(self.settings.cache_dir)
+        self.loader = ModelLoader(self.settings)
         self._variants: dict[tuple[str, int], Assistant] = {}
         self._variants_lock = threading.Lock()
         self.indexing = False
@@ -590,7 +591,7 @@ def build_app(assistant: Assistant) -> gr.Blocks:
     app = ChatApp(assistant)
     settings = assistant.settings
     app.warm_up()
-    models = list(PRESETS)
+    models = generator_names()
     if settings.model not in models:
         models.insert(0, settings.model)
 
