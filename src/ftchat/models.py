@@ -111,7 +111,9 @@ def generator_key(settings: Settings) -> tuple[str, str, str, str]:
 
 
 def get_generator(settings: Settings) -> Generator:
-    """The generator `settings` describe, loaded once per process."""
+    """The generator `settings` describe, loaded once per process. Their torch thread count
+    is applied on every call: it is process-wide, not part of the model."""
+    apply_threads(settings.threads)
     key = generator_key(settings)
     with _CACHE_LOCK:
         if key not in _GENERATORS:
