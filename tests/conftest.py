@@ -16,6 +16,10 @@ Fixtures meant for reuse by other test files:
                            never edit the corpus)
     make_pdf               function(pages: list[str]) -> bytes of a valid text-layer PDF
     cli_env                function(settings) -> environment for running the `ftchat` script
+
+Every test runs without the developer's FTCHAT_* variables, with FTCHAT_CACHE_DIR at the
+session's model cache (guide_fixtures.MODEL_CACHE), so none reads the developer's settings
+or writes to ~/.cache.
 """
 
 from __future__ import annotations
@@ -125,11 +129,11 @@ def write_corpus(folder: Path, files: dict[str, str | bytes] = SMALL_CORPUS) -> 
 
 
 def settings_for(root: Path, corpus_dir: Path | None = None) -> Settings:
-    """Settings whose every folder lies under root (the environment is not consulted for them)."""
+    """Settings whose folders lie under root, but for the session's shared model cache."""
     return Settings(
         corpus_dir=corpus_dir or root / "corpus",
         index_dir=root / "index",
-        cache_dir=root / "cache",
+        cache_dir=MODEL_CACHE,
         embedder=DEFAULT_EMBEDDER,
     )
 
@@ -220,7 +224,7 @@ def small_corpus_settings(small_corpus_dir) -> Settings:
 
 @pytest.fixture(scope="session")
 def embedder():
-    from ftchat.embedding import get_embedder
+    from ftchat.models import get_embedder
 
     return get_embedder(DEFAULT_EMBEDDER)
 
@@ -278,4 +282,29 @@ def cli_env():
 
 
 # Fixtures over the real guide, shared by the answer, CLI and page tests.
-from guide_fixtures import assistant, guide_settings  # noqa: E402, F401
+from guide_fixtures import MODEL_CACHE, assistant, guide_settings  # noqa: E402, F401
+
+
+def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("FTCHAT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FTCHAT_CACHE_DIR", str(MODEL_CACHE))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_environment():
+    """Session fixtures build Settings before any test's own fixtures run: isolate them too."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch):
+    """No test sees the developer's FTCHAT_* settings (or another test's); all share the
+    session's model cache."""
+    _isolate(monkeypatch)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(MODEL_CACHE, ignore_errors=True)

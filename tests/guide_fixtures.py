@@ -6,6 +6,7 @@ one model load per test session.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from ftchat.api import Assistant
 from ftchat.config import REPO_ROOT, Settings
 from ftchat.index import open_index
 
-# The dequantized model cache is shared with the user's: building it costs ~20 s once,
-# and it is verified by checksum on every load.
-MODEL_CACHE = Settings().cache_dir
+# One model cache for the whole test session, never the user's ~/.cache: the bundled model
+# is dequantized into it once per session (~20 s), and every test and CLI subprocess shares
+# it. conftest.py points FTCHAT_CACHE_DIR here and removes it when the session ends.
+MODEL_CACHE = Path(tempfile.mkdtemp(prefix="ftchat-test-models-"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ftchat.config import DEFAULT_EMBEDDER
-from ftchat.embedding import Embedder, _direct_pipeline, load_encoder, resolve_embedder
+from ftchat.embedding import Embedder, _direct_pipeline, load_encoder
+from ftchat.models import resolve_embedder
 
 TEXTS = [
     "What is QLoRA?",

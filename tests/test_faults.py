@@ -65,16 +65,19 @@ def _env(base: dict, shim: Path | None = None) -> dict:
 @pytest.mark.slow
 def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
     from ftchat.config import Settings
-    from ftchat.generation import GenerationConfig, _cache_is_valid, load_generator
+    from ftchat.generation import GenerationConfig
+    from ftchat.models import load_generator
+    from ftchat.weights import cache_is_valid as _cache_is_valid
 
     cache_dir = tmp_path / "cache"
+    settings = Settings(cache_dir=cache_dir, model="smollm2-135m", dtype="float32")
     user_models = Settings().cache_dir / "models"
     # The float32 cache (each dtype has its own folder; damage is detected the same way).
     existing = sorted(user_models.glob("smollm2-135m-[0-9]*[0-9]")) if user_models.is_dir() else []
     if existing and _cache_is_valid(existing[0]):
         shutil.copytree(existing[0], cache_dir / "models" / existing[0].name)  # saves a 20 s build
     else:
-        load_generator("smollm2-135m", cache_dir, "float32")  # the first load builds the cache
+        load_generator(settings)  # the first load builds the cache
     folder = next((cache_dir / "models").glob("smollm2-135m-*"))
     assert _cache_is_valid(folder)
 
@@ -86,7 +89,7 @@ def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
     assert weights.stat().st_size == size and not _cache_is_valid(folder)
 
     with caplog.at_level(logging.WARNING, logger="ftchat"):
-        generator = load_generator("smollm2-135m", cache_dir, "float32")
+        generator = load_generator(settings)
     assert any("damaged" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records)
     assert _cache_is_valid(folder), "the cache was not rebuilt"
     # Loaded from the cache rebuilt out of the package's GGUF (the damaged bytes are gone).
@@ -94,7 +97,7 @@ def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
     text = "".join(generator.stream([{"role": "user", "content": "Say hello."}],
                                     GenerationConfig(max_new_tokens=5)))
     assert text.strip()
-    again = load_generator("smollm2-135m", cache_dir, "float32")
+    again = load_generator(settings)
     assert again.source == str(folder)
 
 

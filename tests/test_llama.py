@@ -6,14 +6,19 @@ bundled SmolLM2 checks that real answer prompts give the same greedy tokens as g
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ftchat import answer as ans
 from ftchat.api import Assistant
-from ftchat.generation import GenerationConfig, bf16_native, get_generator, load_generator, resolve_decoder
+from ftchat.cpu import bf16_native
+from ftchat.decoders import TransformersDecoder
+from ftchat.generation import GenerationConfig
 from ftchat.llama import LlamaDecoder
+from ftchat.models import get_generator, load_generator
 
 
 def tiny_llama(tied: bool = True, **overrides) -> LlamaForCausalLM:
@@ -81,12 +86,11 @@ def test_unsupported_layouts_are_left_to_transformers() -> None:
 def test_decoder_setting(monkeypatch) -> None:
     from ftchat.config import Settings
 
-    monkeypatch.delenv("FTCHAT_DECODER", raising=False)
-    assert resolve_decoder() == "auto"
-    monkeypatch.setenv("FTCHAT_DECODER", "transformers")
-    assert resolve_decoder() == "transformers" and Settings().decoder == "transformers"
+    assert Settings().decoder == "auto"
+    monkeypatch.setenv("FTCHAT_DECODER", " Transformers ")
+    assert Settings().decoder == "transformers"
     with pytest.raises(ValueError, match="FTCHAT_DECODER"):
-        resolve_decoder("llama.cpp")
+        Settings(decoder="llama.cpp")
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +110,10 @@ def answer_prompts(guide_settings) -> list[list[dict]]:
 def test_bundled_model_writes_the_same_answers_as_transformers(guide_settings, answer_prompts, dtype) -> None:
     if dtype == "bfloat16" and not bf16_native():
         pytest.skip("bfloat16 is not the default on this CPU")
-    own = get_generator(guide_settings.model, guide_settings.cache_dir, dtype, decoder="auto")
-    plain = load_generator(guide_settings.model, guide_settings.cache_dir, dtype, decoder="transformers")
-    assert own.decoder is not None and own.model is None  # the transformers copy was let go
-    assert plain.decoder is None and own.stop_ids == plain.stop_ids
+    own = get_generator(replace(guide_settings, dtype=dtype, decoder="auto"))
+    plain = load_generator(replace(guide_settings, dtype=dtype, decoder="transformers"))
+    assert isinstance(own.decoder, LlamaDecoder)  # no transformers copy is kept with it
+    assert isinstance(plain.decoder, TransformersDecoder) and own.stop_ids == plain.stop_ids
     assert own.weight_bytes() == plain.weight_bytes()
     for messages in answer_prompts:
         prompt = own.prompt_tokens(messages)
@@ -126,7 +130,7 @@ def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_pat
     transformers first and handed over. Both decode like generate()."""
     from transformers import AutoTokenizer
 
-    smollm = get_generator(guide_settings.model, guide_settings.cache_dir, "float32")
+    smollm = get_generator(replace(guide_settings, dtype="float32"))
     tokenizer = AutoTokenizer.from_pretrained(smollm.source)
     model = tiny_llama(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
     folder = tmp_path / "tiny-llama"
@@ -134,9 +138,10 @@ def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_pat
     tokenizer.save_pretrained(folder)
     assert (folder / "model.safetensors").is_file() == (shards == "single")
 
-    own = load_generator(str(folder), guide_settings.cache_dir, "float32", decoder="auto")
-    plain = load_generator(str(folder), guide_settings.cache_dir, "float32", decoder="transformers")
-    assert own.decoder is not None and own.model is None and plain.decoder is None
+    local = replace(guide_settings, model=str(folder), dtype="float32")
+    own = load_generator(replace(local, decoder="auto"))
+    plain = load_generator(replace(local, decoder="transformers"))
+    assert isinstance(own.decoder, LlamaDecoder) and isinstance(plain.decoder, TransformersDecoder)
     prompt = own.prompt_tokens([{"role": "user", "content": "What is LoRA?"}])
     expected = list(plain.tokens(prompt, 12, to_the_limit=True))
     assert list(own.tokens(prompt, 12, to_the_limit=True)) == expected
@@ -148,9 +153,9 @@ def test_chat_tokenizer_gives_transformers_token_ids(guide_settings, answer_prom
 
     from transformers import AutoTokenizer
 
-    from ftchat.generation import ChatTokenizer
+    from ftchat.chat_tokenizer import ChatTokenizer
 
-    folder = Path(get_generator(guide_settings.model, guide_settings.cache_dir, "float32").source)
+    folder = Path(get_generator(replace(guide_settings, dtype="float32")).source)
     ours, theirs = ChatTokenizer(folder), AutoTokenizer.from_pretrained(folder)
     follow_up = [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "A method."},
                  {"role": "user", "content": "and QLoRA?"}]

@@ -11,22 +11,27 @@ import pytest
 
 from ftchat import answer as ans
 from ftchat.api import Assistant
-from ftchat.generation import DTYPES, Generator, bf16_native, get_generator, int8_supported, resolve_dtype
+from ftchat.config import DTYPES, resolve_dtype
+from ftchat.cpu import bf16_native, int8_supported
+from ftchat.decoders import TransformersDecoder
+from ftchat.generation import Generator
+from ftchat.models import get_generator
 
 QUESTIONS = ["What is LoRA?", "What does gradient accumulation do?", "How does QLoRA save memory?"]
 
 
 def test_resolve_dtype_defaults_and_overrides(monkeypatch):
-    monkeypatch.delenv("FTCHAT_DTYPE", raising=False)
+    from ftchat.config import Settings
+
     # int8 is opt-in (it hurt answers); bfloat16 only where the CPU runs it natively.
-    assert resolve_dtype() == ("bfloat16" if bf16_native() else "float32")
-    assert resolve_dtype("auto") == resolve_dtype()
+    assert resolve_dtype("auto") == ("bfloat16" if bf16_native() else "float32")
+    assert Settings().resolved_dtype == resolve_dtype("auto")
     monkeypatch.setenv("FTCHAT_DTYPE", "int8")
-    assert resolve_dtype() == "int8"
+    assert Settings().resolved_dtype == "int8"
     assert resolve_dtype("bf16") == "bfloat16"
     assert resolve_dtype("fp32") == "float32"
-    monkeypatch.setenv("FTCHAT_DTYPE", "float32")
-    assert resolve_dtype() == "float32"
+    monkeypatch.setenv("FTCHAT_DTYPE", "FP32")
+    assert Settings().dtype == "float32"
     with pytest.raises(ValueError):
         resolve_dtype("float8")
 
@@ -64,11 +69,14 @@ def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
 def test_int8_keeps_the_output_layer_in_float_and_reads_fewer_bytes(guide_settings):
     if not int8_supported():
         pytest.skip("no int8 kernels on this CPU")
+    from dataclasses import replace
+
     import torch
 
-    fast = get_generator(guide_settings.model, guide_settings.cache_dir, "int8")
-    plain = get_generator(guide_settings.model, guide_settings.cache_dir, "float32")
-    assert isinstance(fast.model.lm_head, torch.nn.Linear)  # quantizing it gave gibberish
+    fast = get_generator(replace(guide_settings, dtype="int8"))
+    plain = get_generator(replace(guide_settings, dtype="float32"))
+    assert isinstance(fast.decoder, TransformersDecoder)  # int8 exists only for transformers models
+    assert isinstance(fast.decoder.model.lm_head, torch.nn.Linear)  # quantizing it gave gibberish
     assert fast.weight_bytes() < plain.weight_bytes() / 2
     messages = [{"role": "user", "content": "Say hello."}]
     assert "".join(fast.stream(messages)).strip()
@@ -77,10 +85,13 @@ def test_int8_keeps_the_output_layer_in_float_and_reads_fewer_bytes(guide_settin
 RACE = """
 import threading
 from ftchat.config import DEFAULT_EMBEDDER, Settings
-from ftchat.embedding import Embedder
-from ftchat.generation import GenerationConfig, load_generator
+from dataclasses import replace
 
-settings = Settings()
+from ftchat.embedding import Embedder
+from ftchat.generation import GenerationConfig
+from ftchat.models import load_generator
+
+settings = replace(Settings(), dtype="bfloat16")
 messages = [{"role": "user", "content": "Say hello."}]
 for round in range(4):  # the first round races imports, every round the dtype switch
     errors, out, start = [], {}, threading.Barrier(2)
@@ -95,7 +106,7 @@ for round in range(4):  # the first round races imports, every round the dtype s
     def generate():
         start.wait()
         try:
-            out["generator"] = load_generator(settings.model, settings.cache_dir, "bfloat16")
+            out["generator"] = load_generator(settings)
         except Exception as exc:
             errors.append(exc)
 

@@ -16,9 +16,9 @@ from contextlib import closing
 
 from . import answer as ans
 from .config import Settings
-from .embedding import get_embedder
-from .generation import GenerationConfig, Generator, generator_is_loaded, get_generator
+from .generation import GenerationConfig, Generator
 from .index import Index, open_index
+from .models import generator_is_loaded, get_embedder, get_generator
 from .retrieval import Passage, Retriever, clean_question
 
 # Sentences in a row that may fail verification before generation is abandoned; a sentence
@@ -58,12 +58,10 @@ class Assistant:
 
     @property
     def generator(self) -> Generator:
-        s = self.settings
-        return get_generator(s.model, s.cache_dir, s.dtype, s.threads, s.decoder)
+        return get_generator(self.settings)
 
     def generator_loaded(self) -> bool:
-        s = self.settings
-        return generator_is_loaded(s.model, s.cache_dir, s.dtype, s.decoder)
+        return generator_is_loaded(self.settings)
 
     def reload(self, index: Index) -> None:
         with self._lock:

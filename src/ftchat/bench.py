@@ -69,27 +69,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # --- The machine --------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(settings: Settings) -> dict:
     import torch
 
-    from .generation import (
-        bf16_native,
-        cpu_flags,
-        int8_supported,
-        resolve_decoder,
-        resolve_dtype,
-        resolve_threads,
-    )
+    from .cpu import apply_threads, bf16_native, cpu_flags, cpu_model, int8_supported
 
     flags = cpu_flags()
     return {
@@ -98,16 +81,16 @@ def machine(settings: Settings) -> dict:
         "usable_cores": (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         ),
-        "torch_threads": resolve_threads(settings.threads or None),
+        "torch_threads": apply_threads(settings.threads),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "avx512": "avx512f" in flags,
         "bf16": bf16_native(),
         "amx": bool(flags & {"amx_bf16", "amx_tile"}),
         "int8_kernels": int8_supported(),
-        "dtype": resolve_dtype(settings.dtype),
+        "dtype": settings.resolved_dtype,
         "dtype_setting": settings.dtype,
-        "decoder_setting": resolve_decoder(settings.decoder),
+        "decoder_setting": settings.decoder,
         "threads_setting": settings.threads,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
@@ -215,7 +198,8 @@ def bench_decode(assistant, generator, repeats: int) -> dict:
 
 
 def _env(settings: Settings, **extra: str) -> dict:
-    env = dict(os.environ)
+    # The child gets these settings, not whatever FTCHAT_* the parent's environment held.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCHAT_")}
     env.update(
         FTCHAT_CORPUS_DIR=str(settings.corpus_dir),
         FTCHAT_INDEX_DIR=str(settings.index_dir),
@@ -224,6 +208,9 @@ def _env(settings: Settings, **extra: str) -> dict:
         FTCHAT_DTYPE=settings.dtype,
         FTCHAT_THREADS=str(settings.threads),
         FTCHAT_DECODER=settings.decoder,
+        FTCHAT_EMBEDDER=settings.embedder,
+        FTCHAT_DENSE_WEIGHT=str(settings.dense_weight),
+        FTCHAT_MAX_TOKENS=str(settings.max_new_tokens),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
@@ -341,79 +328,22 @@ def bench_large_corpus(settings: Settings, embedder, pages: int, source_texts: l
 def run(settings: Settings | None = None, quick: bool = False) -> dict:
     """The whole benchmark. `quick` trims repeats and baselines (for tests), same keys."""
     from .api import Assistant
-    from .generation import get_generator
 
     settings = settings or Settings()
     repeats = 1 if quick else 3
     result: dict = {"quick": quick, "machine": machine(settings)}
     threads = result["machine"]["torch_threads"]
-    dtype = result["machine"]["dtype"]
-    _log(f"{result['machine']['cpu']}, {threads} torch threads, dtype {dtype}")
-
-    bandwidth = memory_bandwidth_gbs(threads)
-    result["memory_bandwidth_gbs"] = bandwidth
+    _log(f"{result['machine']['cpu']}, {threads} torch threads, dtype {result['machine']['dtype']}")
+    result["memory_bandwidth_gbs"] = memory_bandwidth_gbs(threads)
 
     # Cold starts first, while this process holds no model (the machine is quieter).
-    question = ANSWER_QUESTIONS[0]
     assistant = Assistant(settings)
     assistant.index  # noqa: B018 - a stale or missing index is built now, not inside a timing
-    _log("cold start to a first answer (fresh process, warm caches)")
-    cold = [cold_start_answer(settings, question) for _ in range(1 if quick else 3)]
-    result["cold_start_answer_s"] = _p50([c["seconds"] for c in cold])
-    result["cold_start_exit_s"] = _p50([c["exit_seconds"] for c in cold])
-    result["peak_rss_mb"] = max(c["peak_rss_mb"] for c in cold)
-    result["cold_start_answer_ok"] = all(c["ok"] and c["answerable"] and c["citations"] for c in cold)
-    _log("cold start to a usable page")
-    result["cold_start_page_s"] = cold_start_page(settings)
-
+    result.update(_bench_cold_starts(settings, quick))
     _log("retrieval")
     result.update(bench_retrieval(assistant, repeats))
-
-    _log(f"model load ({dtype}) and decoding")
-    started = time.perf_counter()
-    generator = get_generator(settings.model, settings.cache_dir, dtype, settings.threads, settings.decoder)
-    result["model_load_s"] = generator.load_seconds or time.perf_counter() - started
-    result.update(bench_decode(assistant, generator, repeats))
-    result["machine"]["decoder"] = result.pop("decoder")
-    result["bandwidth_bound_tokens_per_s"] = bandwidth * 1e9 / result["weight_bytes"]
-    bound = result["bandwidth_bound_tokens_per_s"]
-    result["decode_fraction_of_bound"] = result["decode_tokens_per_s"] / bound
-
-    _log("answers")
-    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
-    result.update(bench_answers(assistant, questions, 1 if quick else 2))
-
-    # Baselines: float32 weights decoded by transformers' generate(), in this same run.
-    _log("baseline: float32 decoding with transformers")
-    base_settings = replace(settings, dtype="float32", decoder="transformers")
-    base_gen = get_generator(settings.model, settings.cache_dir, "float32", settings.threads, "transformers")
-    base = bench_decode(assistant, base_gen, repeats)
-    result["baseline_decoder"] = base["decoder"]
-    result["baseline_decode_tokens_per_s"] = base["decode_tokens_per_s"]
-    result["baseline_prefill_tokens_per_s"] = base["prefill_tokens_per_s"]
-    result["baseline_weight_bytes"] = base["weight_bytes"]
-    result["baseline_bandwidth_bound_tokens_per_s"] = bandwidth * 1e9 / base["weight_bytes"]
-    result["baseline_model_load_s"] = base_gen.load_seconds
-    if not quick:
-        _log("baseline: float32 answers")
-        base_assistant = Assistant(base_settings)
-        base_assistant._index, base_assistant._retriever = assistant.index, assistant.retriever
-        base_answers = bench_answers(base_assistant, ANSWER_QUESTIONS[:3], 1)
-        result["baseline_first_token_ms_p50"] = base_answers["first_token_ms_p50"]
-        result["baseline_answer_ms_p50"] = base_answers["answer_ms_p50"]
-        _log("baseline: fresh process, float32, no weight cache (dequantizes the GGUF)")
-        with tempfile.TemporaryDirectory(prefix="ftchat-bench-cache-") as tmp:
-            naive = cold_start_answer(settings, question, FTCHAT_DTYPE="float32", FTCHAT_CACHE_DIR=tmp,
-                                      FTCHAT_DECODER="transformers")
-        result["baseline_cold_start_answer_s"] = naive["seconds"]
-        result["baseline_peak_rss_mb"] = naive["peak_rss_mb"]
-        result["baseline_cold_start_warm_cache_float32_s"] = cold_start_answer(
-            settings, question, FTCHAT_DTYPE="float32", FTCHAT_DECODER="transformers")["seconds"]
-    else:
-        result["baseline_first_token_ms_p50"] = None
-        result["baseline_answer_ms_p50"] = None
-        result["baseline_cold_start_answer_s"] = None
-        result["baseline_peak_rss_mb"] = None
+    result.update(_bench_model(assistant, result, quick, repeats))
+    result.update(_bench_baselines(assistant, result["memory_bandwidth_gbs"], quick, repeats))
 
     _log("index build: the guide")
     result["index_build_s"] = bench_guide_index(settings, 1 if quick else 2)
@@ -431,6 +361,81 @@ def run(settings: Settings | None = None, quick: bool = False) -> dict:
         "so compare ratios within one run rather than absolute times across runs."
     )
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
+
+
+def _bench_cold_starts(settings: Settings, quick: bool) -> dict:
+    _log("cold start to a first answer (fresh process, warm caches)")
+    cold = [cold_start_answer(settings, ANSWER_QUESTIONS[0]) for _ in range(1 if quick else 3)]
+    result = {
+        "cold_start_answer_s": _p50([c["seconds"] for c in cold]),
+        "cold_start_exit_s": _p50([c["exit_seconds"] for c in cold]),
+        "peak_rss_mb": max(c["peak_rss_mb"] for c in cold),
+        "cold_start_answer_ok": all(c["ok"] and c["answerable"] and c["citations"] for c in cold),
+    }
+    _log("cold start to a usable page")
+    result["cold_start_page_s"] = cold_start_page(settings)
+    return result
+
+
+def _bench_model(assistant, so_far: dict, quick: bool, repeats: int) -> dict:
+    """The configured model: load, decoding against the bandwidth bound, whole answers."""
+    from .models import get_generator
+
+    _log(f"model load ({so_far['machine']['dtype']}) and decoding")
+    started = time.perf_counter()
+    generator = get_generator(assistant.settings)
+    result = {"model_load_s": generator.load_seconds or time.perf_counter() - started}
+    result.update(bench_decode(assistant, generator, repeats))
+    so_far["machine"]["decoder"] = result.pop("decoder")
+    bound = so_far["memory_bandwidth_gbs"] * 1e9 / result["weight_bytes"]
+    result["bandwidth_bound_tokens_per_s"] = bound
+    result["decode_fraction_of_bound"] = result["decode_tokens_per_s"] / bound
+    _log("answers")
+    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
+    result.update(bench_answers(assistant, questions, 1 if quick else 2))
+    return result
+
+
+def _bench_baselines(assistant, bandwidth: float, quick: bool, repeats: int) -> dict:
+    """float32 weights decoded by transformers' generate(), in this same run."""
+    from .api import Assistant
+    from .models import get_generator
+
+    settings = assistant.settings
+    _log("baseline: float32 decoding with transformers")
+    base_settings = replace(settings, dtype="float32", decoder="transformers")
+    base_gen = get_generator(base_settings)
+    base = bench_decode(assistant, base_gen, repeats)
+    result = {
+        "baseline_decoder": base["decoder"],
+        "baseline_decode_tokens_per_s": base["decode_tokens_per_s"],
+        "baseline_prefill_tokens_per_s": base["prefill_tokens_per_s"],
+        "baseline_weight_bytes": base["weight_bytes"],
+        "baseline_bandwidth_bound_tokens_per_s": bandwidth * 1e9 / base["weight_bytes"],
+        "baseline_model_load_s": base_gen.load_seconds,
+        "baseline_first_token_ms_p50": None,
+        "baseline_answer_ms_p50": None,
+        "baseline_cold_start_answer_s": None,
+        "baseline_peak_rss_mb": None,
+    }
+    if quick:
+        return result
+    _log("baseline: float32 answers")
+    base_assistant = Assistant(base_settings)
+    base_assistant._index, base_assistant._retriever = assistant.index, assistant.retriever
+    base_answers = bench_answers(base_assistant, ANSWER_QUESTIONS[:3], 1)
+    result["baseline_first_token_ms_p50"] = base_answers["first_token_ms_p50"]
+    result["baseline_answer_ms_p50"] = base_answers["answer_ms_p50"]
+    _log("baseline: fresh process, float32, no weight cache (dequantizes the GGUF)")
+    question = ANSWER_QUESTIONS[0]
+    with tempfile.TemporaryDirectory(prefix="ftchat-bench-cache-") as tmp:
+        naive = cold_start_answer(settings, question, FTCHAT_DTYPE="float32", FTCHAT_CACHE_DIR=tmp,
+                                  FTCHAT_DECODER="transformers")
+    result["baseline_cold_start_answer_s"] = naive["seconds"]
+    result["baseline_peak_rss_mb"] = naive["peak_rss_mb"]
+    result["baseline_cold_start_warm_cache_float32_s"] = cold_start_answer(
+        settings, question, FTCHAT_DTYPE="float32", FTCHAT_DECODER="transformers")["seconds"]
+    return result
 
 
 # --- Output -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 from .answer import Answer
 from .api import Assistant
-from .generation import release_free_memory
+from .memory import release_free_memory
 from .uploads import Progress, index_uploads, store_uploads
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import click
 
 from .config import Settings, SettingsError, parse_auth
 from .corpus import CorpusError
-from .embedding import ModelNotAvailable
+from .models import ModelNotAvailable
 from .retrieval import QuestionError
 
 

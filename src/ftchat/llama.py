@@ -132,6 +132,10 @@ class LlamaDecoder:
         self._rope_length = 0
         self._cos = self._sin = torch.empty(0)
 
+    @property
+    def backend(self) -> str:
+        return f"ftchat-llama ({self.kernel})"
+
     def weight_bytes(self) -> int:
         """Bytes read per decoded token: every block's matrices, the norms and the output layer."""
         s = self.shape

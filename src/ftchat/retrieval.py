@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,8 +112,3 @@ class Retriever:
             t for t in tokenize(question)
             if len(t) >= 3 and not t.isdigit() and 0 < len(postings.get(t, ())) <= limit
         }
-
-    def timed_search(self, question: str, k: int | None = None) -> tuple[list[Passage], float]:
-        started = time.perf_counter()
-        passages = self.search(question, k)
-        return passages, (time.perf_counter() - started) * 1000

@@ -82,7 +82,7 @@ def prepare_page(settings: Settings) -> tuple[Any, dict[str, Any]]:
     its launch options."""
     from . import ui
     from .api import Assistant
-    from .generation import limit_malloc_arenas
+    from .memory import limit_malloc_arenas
 
     started = time.perf_counter()
     limit_malloc_arenas()

@@ -18,7 +18,7 @@ import gradio as gr
 from .api import Assistant
 from .chatapp import ChatApp
 from .corpus import SUPPORTED_SUFFIXES
-from .generation import PRESETS
+from .models import generator_names
 from .render import chat_messages, error_text, sources_html
 from .uploads import MAX_UPLOAD_BYTES
 
@@ -196,7 +196,7 @@ def _chat_column() -> dict[str, Any]:
 
 def _side_column(app: ChatApp) -> dict[str, Any]:
     settings = app.settings
-    models = list(PRESETS)
+    models = generator_names()
     if settings.model not in models:
         models.insert(0, settings.model)
     gr.Markdown("### Sources")

@@ -1,0 +1,73 @@
+"""Files ftchat writes and checks: sha256 records, the freshness rule, atomic folder swaps.
+
+The index (its corpus records and version folders) and the weight cache (the dequantized
+model) both rely on these; one copy keeps their rules the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    """What `is_unchanged` later compares: the content's sha256, its size and modification time."""
+    stat = path.stat()
+    return {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def is_unchanged(path: Path, record: dict) -> bool:
+    """True when the file still holds what `record` (from file_record) describes.
+
+    Hashing is skipped while size and modification time are exactly those recorded, so a
+    check costs a stat rather than a read (540 MB of weights hash in about a second); any
+    write to the file changes its time and brings the full sha256 comparison back.
+    """
+    stat = path.stat()
+    if stat.st_size != record["size"]:
+        return False
+    if record.get("mtime_ns") == stat.st_mtime_ns:
+        return True
+    return sha256_file(path) == record["sha256"]
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A private staging folder that replaces `final` in one rename once the block succeeds.
+
+    Readers see the old folder or the complete new one, never a half-written one; a failed
+    or interrupted write leaves only the staging folder, which is removed.
+    """
+    staging = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        for item in staging.iterdir():
+            if item.is_file():
+                fsync(item)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

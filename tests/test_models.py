@@ -1,0 +1,219 @@
+"""The one Settings object and the model registry, without loading a real model."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ftchat import models
+from ftchat.config import Settings, SettingsError, resolve_dtype
+from ftchat.generation import GenerationConfig, Generator
+
+SRC = Path(models.__file__).resolve().parent
+
+
+# --- Settings validate and resolve what the generator needs -----------------------------
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("FTCHAT_DTYPE", "float8", "Unknown dtype 'float8'; choose auto, float32, bfloat16, int8 (FTCHAT_DTYPE)"),
+    ("FTCHAT_DECODER", "vllm", "Unknown decoder 'vllm'; choose auto or transformers (FTCHAT_DECODER)"),
+    ("FTCHAT_THREADS", "-1", "FTCHAT_THREADS must be at least 0, got '-1'"),
+    ("FTCHAT_THREADS", "two", "FTCHAT_THREADS must be a whole number, got 'two'"),
+])
+def test_settings_reject_a_bad_variable_when_built(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as raised:
+        Settings()
+    assert str(raised.value) == message
+
+
+def test_settings_validate_values_given_in_code_too():
+    with pytest.raises(SettingsError, match="FTCHAT_DTYPE"):
+        Settings(dtype="float8")
+    with pytest.raises(SettingsError, match="FTCHAT_DECODER"):
+        replace(Settings(), decoder="llama.cpp")
+    with pytest.raises(SettingsError, match="FTCHAT_THREADS"):
+        Settings(threads=-2)
+
+
+def test_settings_spell_dtype_and_decoder_one_way_and_resolve_auto(monkeypatch):
+    monkeypatch.setenv("FTCHAT_DTYPE", " BF16 ")
+    monkeypatch.setenv("FTCHAT_DECODER", "Transformers")
+    monkeypatch.setenv("FTCHAT_THREADS", "1")
+    s = Settings()
+    assert (s.dtype, s.resolved_dtype, s.decoder, s.threads) == ("bfloat16", "bfloat16", "transformers", 1)
+    monkeypatch.delenv("FTCHAT_DTYPE")
+    auto = Settings()
+    assert auto.dtype == "auto" and auto.resolved_dtype == resolve_dtype("auto")
+    assert auto.resolved_dtype in {"bfloat16", "float32"}
+
+
+def test_settings_do_not_change_when_the_environment_does_later(monkeypatch):
+    s = Settings()
+    monkeypatch.setenv("FTCHAT_DTYPE", "int8")
+    monkeypatch.setenv("FTCHAT_DECODER", "transformers")
+    assert (s.dtype, s.decoder) == ("auto", "auto")
+    assert models.generator_key(s)[2:] == (resolve_dtype("auto"), "auto")
+
+
+# --- Only config.py reads FTCHAT_*; nothing writes os.environ ---------------------------
+
+
+def _environ_uses(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, what) for each read of an FTCHAT_* variable and each write to os.environ."""
+    found = []
+
+    def is_environ(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ"
+
+    def ftchat_name(node: ast.AST | None) -> bool:
+        return isinstance(node, ast.Constant) and str(node.value).startswith("FTCHAT_")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target, method = node.func.value, node.func.attr
+            first = node.args[0] if node.args else None
+            if is_environ(target) and method in {"get", "pop"} and ftchat_name(first):
+                found.append((node.lineno, f"reads {first.value}"))
+            if is_environ(target) and method in {"setdefault", "update", "pop", "clear", "__setitem__"}:
+                found.append((node.lineno, f"os.environ.{method}"))
+            if method in {"getenv", "putenv"} and (method == "putenv" or ftchat_name(first)):
+                found.append((node.lineno, method))
+        elif isinstance(node, ast.Subscript) and is_environ(node.value):
+            if isinstance(node.ctx, ast.Store | ast.Del):
+                found.append((node.lineno, "os.environ[...] ="))
+            elif ftchat_name(node.slice):
+                found.append((node.lineno, f"reads {node.slice.value}"))
+        elif isinstance(node, ast.Compare) and ftchat_name(node.left):
+            if any(is_environ(c) for c in node.comparators):
+                found.append((node.lineno, f"tests {node.left.value}"))
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in SRC.glob("*.py") if p.name != "config.py"))
+def test_only_settings_read_ftchat_variables_and_nothing_writes_the_environment(module):
+    uses = _environ_uses(ast.parse((SRC / module).read_text(encoding="utf-8")))
+    assert not uses, f"{module}: {uses} (read FTCHAT_* in config.Settings and pass it down)"
+
+
+def test_the_environment_check_sees_what_it_looks_for():
+    code = ('import os\nos.environ.setdefault("HF_HUB_OFFLINE", "1")\nos.environ["X"] = "1"\n'
+            'a = os.environ.get("FTCHAT_DTYPE")\nb = os.getenv("FTCHAT_THREADS")\n'
+            'c = os.environ["FTCHAT_DECODER"]\nd = "FTCHAT_MODEL" in os.environ\n'
+            'e = os.environ.get("HOME")\n')
+    assert [line for line, _ in _environ_uses(ast.parse(code))] == [2, 3, 4, 5, 6, 7]
+
+
+# --- The registry ------------------------------------------------------------------------
+
+
+class Scripted:
+    """Enough of a Generator to be cached and reported."""
+
+    backend = "scripted"
+
+    def __init__(self, settings: Settings) -> None:
+        self.name, self.dtype, self.source = settings.model, settings.resolved_dtype, "script"
+        self.load_seconds = 0.0
+
+
+@pytest.fixture
+def registered():
+    """A registered generator name whose factory counts its loads; removed afterwards."""
+    loads: list[Settings] = []
+
+    def factory(settings: Settings) -> Scripted:
+        loads.append(settings)
+        return Scripted(settings)
+
+    name = "test-scripted-counter"
+    models.register_generator(name, factory)
+    yield name, loads
+    models.unregister_generator(name)
+
+
+def test_registry_caches_one_model_per_key(registered, tmp_path):
+    name, loads = registered
+    base = Settings(model=name, cache_dir=tmp_path)
+    first = models.get_generator(base)
+    assert models.get_generator(replace(base)) is first and len(loads) == 1
+    assert models.generator_is_loaded(base)
+
+    other_dtype = "float32" if base.resolved_dtype == "bfloat16" else "bfloat16"
+    second = models.get_generator(replace(base, dtype=other_dtype))
+    assert second is not first and second.dtype == other_dtype and len(loads) == 2
+    # "auto" and the dtype it resolves to are the same model.
+    assert models.get_generator(replace(base, dtype=base.resolved_dtype)) is first
+    assert models.get_generator(replace(base, decoder="transformers")) is not first
+    assert models.get_generator(replace(base, cache_dir=tmp_path / "other")) is not first
+    assert len(loads) == 4
+    # Settings that do not change the model share it.
+    assert models.get_generator(replace(base, top_k=2, max_new_tokens=5)) is first and len(loads) == 4
+
+
+def test_registered_generator_is_used_through_settings_like_any_model(tmp_path):
+    from ftchat.api import Assistant
+    from ftchat.decoders import Decoder
+
+    class Replay:
+        """A Decoder that replays fixed token ids."""
+
+        backend = "replay"
+
+        def greedy(self, prompt, max_new_tokens, stop_ids):
+            yield from [t for t in [10, 11, 12, 2][:max_new_tokens] if t not in stop_ids]
+
+        def weight_bytes(self) -> int:
+            return 0
+
+    class Tokens:
+        eos_token_id = 2
+
+        def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+            return [1]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{i}" for i in ids) + " "
+
+    replay: Decoder = Replay()  # the protocol is all a backend needs
+    name = "test-scripted-replay"
+    models.register_generator(name, lambda s: Generator(s.model, Tokens(), replay, {2}, "script", s.dtype))
+    try:
+        assert name in models.generator_names()
+        generator = Assistant(Settings(model=name, cache_dir=tmp_path)).generator
+        assert isinstance(generator, Generator) and generator.backend == "replay"
+        messages = [{"role": "user", "content": "hi"}]
+        text = "".join(generator.stream(messages, GenerationConfig(max_new_tokens=8)))
+        assert text == "w10 w11 w12 " and generator.last_decoded_tokens == 3
+        # Registering the name again replaces the model it stands for.
+        models.register_generator(name, Scripted)
+        assert isinstance(Assistant(Settings(model=name, cache_dir=tmp_path)).generator, Scripted)
+    finally:
+        models.unregister_generator(name)
+    assert name not in models.generator_names()
+
+
+def test_an_unknown_model_name_says_what_to_choose(tmp_path):
+    with pytest.raises(models.ModelNotAvailable, match="Unknown model 'no-such-model'. Choose a preset"):
+        models.load_generator(Settings(model="no-such-model", cache_dir=tmp_path))
+
+
+def test_presets_hold_generators_and_embedders_in_one_table():
+    kinds = {preset.kind for preset in models.PRESETS.values()}
+    assert kinds == {"generator", "embedder"}
+    assert models.generator_names()[0] == Settings().model
+    assert Path(models.resolve_embedder(Settings().embedder), "config.json").is_file()
+
+
+def test_tests_see_no_ftchat_variables_and_a_private_model_cache():
+    import os
+
+    from guide_fixtures import MODEL_CACHE
+
+    assert [k for k in os.environ if k.startswith("FTCHAT_")] == ["FTCHAT_CACHE_DIR"]
+    assert Settings().cache_dir == MODEL_CACHE
+    assert not MODEL_CACHE.is_relative_to(Path.home() / ".cache")
