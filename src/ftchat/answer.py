@@ -349,10 +349,6 @@ def build_messages(question: str, evidence: EvidenceSet, context: str | None = N
 # --- Verification -------------------------------------------------------------------------
 
 CITATION_MARKERS = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
-# End of a sentence: terminal punctuation, optional citation markers, then white space
-# before something that starts a new sentence. The markers are taken possessively, so a
-# final "sentence. [3]" is never split into "sentence." and a bare "[3]".
-SENTENCE_BOUNDARY = re.compile(r"[.!?](?:\s*\[\d+(?:\s*,\s*\d+)*\])*+\s+(?=[A-Z\[(\"'0-9])")
 
 
 @dataclass
@@ -398,15 +394,9 @@ def cited_numbers(text: str) -> list[int]:
     return [int(x) for group in CITATION_MARKERS.findall(text) for x in group.split(",")]
 
 
-def answer_sentences(text: str) -> list[str]:
-    """Split a final answer into its sentences, each keeping its citation markers."""
-    pieces, start = [], 0
-    for match in SENTENCE_BOUNDARY.finditer(text):
-        pieces.append(text[start : match.end()].strip())
-        start = match.end()
-    if text[start:].strip():
-        pieces.append(text[start:].strip())
-    return pieces
+# An answer's sentences are cut by the guide's one sentence rule (chunking.split_sentences),
+# which keeps each sentence's citation markers with it; the old name stays for callers.
+answer_sentences = split_sentences
 
 
 def lead_evidence(evidence: EvidenceSet) -> Evidence | None:
