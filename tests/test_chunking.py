@@ -91,11 +91,14 @@ def test_long_paragraph_splits_on_sentence_boundaries():
         ("LoRA trains adapters. [1] QLoRA quantizes.[2, 3] Done [4].",
          ["LoRA trains adapters. [1]", "QLoRA quantizes.[2, 3]", "Done [4]."]),
         ("The last sentence. [3]", ["The last sentence. [3]"]),
-        # Abbreviations, a parenthesis and a lower-case word end nothing.
+        # After an abbreviation, or before a lower-case word, a full stop ends nothing.
         ("Hu et al. (2021) proposed it. Use e.g. LoRA, i.e. adapters. See Fig. 2 now.",
          ["Hu et al. (2021) proposed it.", "Use e.g. LoRA, i.e. adapters.", "See Fig. 2 now."]),
         ("It works. (Mostly) it stops. and so on. \"Quoted.\" Next.",
-         ["It works. (Mostly) it stops. and so on.", '"Quoted." Next.']),
+         ["It works.", "(Mostly) it stops. and so on.", '"Quoted." Next.']),
+        # The model writes its sources' numbers in front of a sentence, too.
+        ("It ends in production.\n[2] (Accuracy) The main pitfall.",
+         ["It ends in production. [2]", "(Accuracy) The main pitfall."]),
         # A blank line always ends a sentence; other white space is flattened.
         ("A list:\n\nfirst item\nwraps here", ["A list:", "first item wraps here"]),
     ],

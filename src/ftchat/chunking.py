@@ -12,14 +12,14 @@ TITLE_SEPARATOR = " › "
 
 # The one sentence rule, for the guide's chunks, its evidence sentences and the model's
 # answers (which quote them): a sentence ends at . ! or ?, then any citation markers, then
-# white space before an upper-case letter, digit, quote or "[". Cheap on purpose (no NLP
-# model at index time). Citation markers are taken possessively, so "sentence. [3]" is never
-# split into "sentence." and a bare "[3]"; a full stop after an abbreviation ("Hu et al.
-# (2021)", "e.g. LoRA") ends nothing, and neither does one before a parenthesis.
+# white space before an upper-case letter, digit, quote, "(" or "[". Cheap on purpose (no
+# NLP model at index time). Citation markers are taken possessively, so "sentence. [3]" is
+# never split into "sentence." and a bare "[3]"; a full stop after an abbreviation ("Hu et
+# al. (2021)", "e.g. LoRA") ends nothing.
 _ABBREVIATIONS = ("et al", r"e\.g", r"i\.e", "vs", "etc", "cf", "Fig", "No")
 _NOT_AFTER_ABBREVIATION = "".join(f"(?<!(?i:\\b{a}))" for a in _ABBREVIATIONS)
 SENTENCE_END = re.compile(
-    rf"(?:[!?]|{_NOT_AFTER_ABBREVIATION}\.)(?:\s*\[\d+(?:\s*,\s*\d+)*\])*+\s+(?=[\"'\[A-Z0-9])"
+    rf"(?:[!?]|{_NOT_AFTER_ABBREVIATION}\.)(?:\s*\[\d+(?:\s*,\s*\d+)*\])*+\s+(?=[\"'(\[A-Z0-9])"
 )
 
 
