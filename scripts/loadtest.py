@@ -28,7 +28,6 @@ import json
 import os
 import random
 import re
-import statistics
 import sys
 import tempfile
 import threading
@@ -40,7 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from ftchat.answer import cited_numbers, condense  # noqa: E402  (the same rules the server applies)
+from ftchat.jsonl import read_lines  # noqa: E402
 from ftchat.serve import PageProcess  # noqa: E402
+from ftchat.stats import percentile  # noqa: E402
 
 EVAL_FILE = ROOT / "eval" / "eval.jsonl"
 START_TIMEOUT_S = 300
@@ -57,7 +58,10 @@ class Step:
 
 
 def load_rows(path: Path = EVAL_FILE) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = list(read_lines(path))
+    if bad := next((line for line in lines if line.error), None):
+        raise SystemExit(f"{path}:{bad.number}: {bad.error}")
+    return [line.value for line in lines]
 
 
 def plan(rows: list[dict], count: int, seed: int) -> list[Step]:
@@ -237,13 +241,6 @@ def run_session(url: str, number: int, steps: list[Step], deadline: float, resul
         pass
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0.5, 0.95), interpolated between the two nearest values."""
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
-
-
 def run(args: argparse.Namespace) -> dict:
     rows = load_rows(args.eval_file)
     url, server = _target(args)
@@ -345,11 +342,11 @@ def _summary(results: list[Result], elapsed: float, args: argparse.Namespace) ->
         follow_up_topic_hits=f"{sum(1 for r in follow_ups if r.follow_up_hit)}/{len(follow_ups)}",
         elapsed_seconds=round(elapsed, 1),
         throughput_per_minute=round(len(results) / elapsed * 60, 1) if elapsed else None,
-        latency_seconds={"p50": round(percentile(seconds, 0.5), 2) if seconds else None,
-                         "p95": round(percentile(seconds, 0.95), 2) if seconds else None,
+        latency_seconds={"p50": round(percentile(seconds, 50), 2) if seconds else None,
+                         "p95": round(percentile(seconds, 95), 2) if seconds else None,
                          "max": round(max(seconds), 2) if seconds else None},
-        server_answer_ms={"p50": round(percentile(server_ms, 0.5)) if server_ms else None,
-                          "p95": round(percentile(server_ms, 0.95)) if server_ms else None},
+        server_answer_ms={"p50": round(percentile(server_ms, 50)) if server_ms else None,
+                          "p95": round(percentile(server_ms, 95)) if server_ms else None},
     )
 
 

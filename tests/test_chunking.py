@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import SMALL_CORPUS, write_corpus
 
-from ftchat.chunking import TITLE_SEPARATOR, Chunk, chunk_sections
+from ftchat.chunking import SENTENCE_END, TITLE_SEPARATOR, Chunk, chunk_sections, split_sentences
 from ftchat.corpus import Section, load_sources
 
 
@@ -79,6 +80,38 @@ def test_long_paragraph_splits_on_sentence_boundaries():
         assert chunk.text.rstrip().endswith(".")  # never cut mid-sentence
     joined = " ".join(c.text for c in chunks).split()
     assert joined == " ".join(sentences).split()  # nothing lost, order kept
+
+
+@pytest.mark.parametrize(
+    "text, sentences",
+    [
+        ("LoRA trains adapters. QLoRA quantizes. 4-bit weights help!",
+         ["LoRA trains adapters.", "QLoRA quantizes.", "4-bit weights help!"]),
+        # An answer's citation markers stay with their sentence, however they are spaced.
+        ("LoRA trains adapters. [1] QLoRA quantizes.[2, 3] Done [4].",
+         ["LoRA trains adapters. [1]", "QLoRA quantizes.[2, 3]", "Done [4]."]),
+        ("The last sentence. [3]", ["The last sentence. [3]"]),
+        # After an abbreviation, or before a lower-case word, a full stop ends nothing.
+        ("Hu et al. (2021) proposed it. Use e.g. LoRA, i.e. adapters. See Fig. 2 now.",
+         ["Hu et al. (2021) proposed it.", "Use e.g. LoRA, i.e. adapters.", "See Fig. 2 now."]),
+        ("It works. (Mostly) it stops. and so on. \"Quoted.\" Next.",
+         ["It works.", "(Mostly) it stops. and so on.", '"Quoted." Next.']),
+        # The model writes its sources' numbers in front of a sentence, too.
+        ("It ends in production.\n[2] (Accuracy) The main pitfall.",
+         ["It ends in production. [2]", "(Accuracy) The main pitfall."]),
+        # A blank line always ends a sentence; other white space is flattened.
+        ("A list:\n\nfirst item\nwraps here", ["A list:", "first item wraps here"]),
+    ],
+)
+def test_the_one_sentence_rule(text, sentences):
+    assert split_sentences(text) == sentences
+
+
+def test_a_stream_finds_a_sentence_end_only_once_the_next_sentence_begins():
+    assert SENTENCE_END.search("LoRA trains adapters.") is None
+    assert SENTENCE_END.search("LoRA trains adapters. [1]") is None  # more markers may follow
+    match = SENTENCE_END.search("LoRA trains adapters. [1] Q")
+    assert match and "LoRA trains adapters. [1] Q"[: match.end()] == "LoRA trains adapters. [1] "
 
 
 def test_sentence_longer_than_limit_is_cut_by_words():

@@ -104,12 +104,129 @@ def test_empty_question_is_a_one_line_error(cli_settings, cli_env, question):
     assert "empty" in lines[0].lower()
 
 
-def test_bad_jsonl_row_is_a_one_line_error(cli_settings, cli_env, tmp_path):
+def test_a_bad_row_fails_alone_in_the_real_script(cli_settings, cli_env, tmp_path):
     questions = tmp_path / "q.jsonl"
-    questions.write_text('{"question": "ok"}\n{"not_question": 1}\n')
+    questions.write_text('{"question": "What is GPTQ?"}\n{"not_question": 1}\nWhat is SMOTE?\n')
     result = run(["search", "--questions", str(questions)], cli_env(cli_settings))
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "q.jsonl:2" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["question"] for r in rows] == ["What is GPTQ?", None, "What is SMOTE?"]
+    assert rows[1] == {"question": None, "error": 'a JSON row needs a "question" string', "line": 2}
+    assert result.stderr.strip() == "1 of 3 rows failed"
+
+
+# --- Batch runs lose nothing (in process: click's runner, a scripted model) -----------------
+
+LONG = "How does SMOTE balance classes? " + "x" * 50_000
+BAD_ROWS = "\n".join([
+    '{"question": "What is GPTQ?"}',
+    '{"question": "   "}',
+    '{"question": "What is LoRA?"',
+    "",
+    '{"query": "What is LoRA?"}',
+    '{"question": ["What is LoRA?"]}',
+    json.dumps({"question": LONG}),
+    "gradient accumulation",
+]) + "\n"
+# (line, question, error) for each row of BAD_ROWS; error None means an answer is expected.
+EXPECTED = [
+    (1, "What is GPTQ?", None),
+    (2, "   ", "The question is empty. Type a question about fine-tuning LLMs."),
+    (3, None, "not valid JSON (Expecting ',' delimiter at column 29)"),
+    (5, None, 'a JSON row needs a "question" string'),
+    (6, None, 'a JSON row needs a "question" string'),
+    (7, LONG, None),
+    (8, "gradient accumulation", None),
+]
+
+
+@pytest.fixture
+def invoke(cli_settings, cli_env, monkeypatch):
+    from click.testing import CliRunner
+
+    from ftchat.cli import main
+
+    for name, value in cli_env(cli_settings).items():
+        if name.startswith("FTCHAT_"):
+            monkeypatch.setenv(name, value)
+
+    def invoke_main(*args: str):
+        return CliRunner().invoke(main, list(args))
+
+    return invoke_main
+
+
+def check_rows(stdout: str, answered_key: str) -> list[dict]:
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert len(rows) == len(EXPECTED)
+    for row, (line, question, error) in zip(rows, EXPECTED, strict=True):
+        if error is None:
+            assert answered_key in row and "error" not in row
+            assert question.startswith(row["question"])  # a long question is cut, not refused
+        else:
+            assert row == {"question": question, "error": error, "line": line}
+    return rows
+
+
+def test_search_questions_file_gives_every_row_one_line(invoke, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(BAD_ROWS, encoding="utf-8")
+    result = invoke("search", "--questions", str(questions), "--k", "2")
+    assert result.exit_code == 1, result.output
+    rows = check_rows(result.stdout, "passages")
+    assert rows[0]["passages"][0]["title"].endswith("Quantization")
+    assert rows[5]["passages"][0]["title"].endswith("Imbalanced data")
+    assert result.stderr == "4 of 7 rows failed\n"
+
+
+def test_ask_questions_file_gives_every_row_one_line(invoke, tmp_path, monkeypatch):
+    from scripted import ScriptedGenerator, use_scripted_generator
+
+    use_scripted_generator(monkeypatch, ScriptedGenerator("Nothing the sources say."))
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(BAD_ROWS, encoding="utf-8")
+    result = invoke("ask", "--questions", str(questions))
+    assert result.exit_code == 1, result.output
+    rows = check_rows(result.stdout, "answer")
+    assert [r.get("mode") for r in rows] == ["extractive", None, None, None, None, "extractive", "extractive"]
+    assert result.stderr == "4 of 7 rows failed\n"
+
+
+def test_a_questions_file_without_bad_rows_succeeds(invoke, tmp_path):
+    questions = tmp_path / "q.txt"
+    questions.write_text("What is GPTQ?\n\nWhat is SMOTE?\n", encoding="utf-8")
+    result = invoke("search", "--questions", str(questions))
+    assert result.exit_code == 0 and result.stderr == ""
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_a_questions_file_with_no_questions_says_so(invoke, tmp_path):
+    questions = tmp_path / "q.txt"
+    questions.write_text("\n  \n", encoding="utf-8")
+    result = invoke("search", "--questions", str(questions))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: {questions} has no questions\n"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"question": "What is LoRA?"}\n\n{"question": "x", ', "3: not valid JSON (Expecting property name "
+         "enclosed in double quotes at column 18)"),
+        ('{"question": "What is LoRA?"}\n{"expected_terms": []}\n',
+         '2: an eval row needs a non-empty "question" string'),
+        ('["What is LoRA?"]\n', "1: an eval row is a JSON object, not list"),
+        ('{"question": "What is LoRA?", "expected_terms": "LoRA"}\n',
+         '1: "expected_terms" must be a list of strings'),
+        ('{"question": "What is LoRA?", "answerable": "no"}\n', '1: "answerable" must be true or false'),
+    ],
+)
+def test_eval_names_the_file_and_line_of_a_malformed_row(invoke, tmp_path, content, message):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(content, encoding="utf-8")
+    result = invoke("eval", str(rows), "--retrieval-only")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: {rows}:{message}\n"
 
 
 def test_index_source_pdf_then_search_shows_page_locations(

@@ -252,50 +252,83 @@ def select_evidence(
     `term_weight` (the keyword index's idf) makes sharing a rare question word count for
     more than sharing "fine-tuning" or "model"; without it every word counts the same.
     """
-    if not passages:
-        return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
-    best = max(p.dense for p in passages)
-    usable = [p for p in passages if p.dense >= best - 0.25][:EVIDENCE_MAX_PASSAGES]
-    candidates: list[tuple[Passage, int, str]] = []
-    for passage in usable:
-        for position, sentence in enumerate(split_sentences(passage.chunk.text)):
-            if len(sentence.split()) >= 4 and not is_instruction(sentence):
-                candidates.append((passage, position, sentence))
+    candidates = _candidate_sentences(passages)
     if not candidates:
         return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
-    vectors = embedder.encode_remembered([s for _, _, s in candidates])
+    vectors = embedder.encode_remembered([c.sentence for c in candidates])
     if query_vector is None:
         query_vector = embedder.encode([question])[0]
     question_terms = set(tokenize(question))
-    weight = term_weight or (lambda term: 1.0)
+    scores = _scores(candidates, vectors, query_vector, question_terms, term_weight or (lambda term: 1.0))
+    chosen = _choose(candidates, vectors, scores)
+    # Number passages in rank order, keep sentences in reading order within a passage.
+    numbers: dict[str, int] = {}
+    for passage in sorted({candidates[i].passage.chunk.id: candidates[i].passage for i in chosen}.values(),
+                          key=lambda p: p.rank):
+        numbers[passage.chunk.id] = len(numbers) + 1
+    chosen.sort(key=lambda i: (numbers[candidates[i].passage.chunk.id], candidates[i].position))
+    items = [
+        Evidence(numbers[c.passage.chunk.id], c.passage, c.sentence, scores[i])
+        for i, c in ((i, candidates[i]) for i in chosen)
+    ]
+    return EvidenceSet(items, vectors[chosen], question_terms)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    passage: Passage
+    position: int  # of the sentence in its passage
+    sentence: str
+
+
+def _candidate_sentences(passages: list[Passage]) -> list[_Candidate]:
+    """Sentences of the passages close to the best one, except fragments and instructions."""
+    if not passages:
+        return []
+    best = max(p.dense for p in passages)
+    usable = [p for p in passages if p.dense >= best - 0.25][:EVIDENCE_MAX_PASSAGES]
+    return [
+        _Candidate(passage, position, sentence)
+        for passage in usable
+        for position, sentence in enumerate(split_sentences(passage.chunk.text))
+        if len(sentence.split()) >= 4 and not is_instruction(sentence)
+    ]
+
+
+def _scores(candidates: list[_Candidate], vectors: np.ndarray, query_vector: np.ndarray,
+            question_terms: set[str], weight: Callable[[str], float]) -> list[float]:
     question_weight = sum(weight(t) for t in question_terms)
-    scored = []
-    for i, (passage, position, sentence) in enumerate(candidates):
-        terms = set(tokenize(sentence))
+    scores = []
+    for c, vector in zip(candidates, vectors, strict=True):
+        terms = set(tokenize(c.sentence))
         overlap = sum(weight(t) for t in terms & question_terms) / max(question_weight, 1e-9)
         # Opening sentences of a section usually define its term: a small nudge for them,
         # and for passages that ranked higher.
-        score = float(vectors[i] @ query_vector) + 0.15 * overlap + (0.08 if position == 0 else 0.0)
-        score -= 0.02 * (passage.rank - 1)
+        score = float(vector @ query_vector) + 0.15 * overlap + (0.08 if c.position == 0 else 0.0)
+        score -= 0.02 * (c.passage.rank - 1)
         # Code-heavy sentences (config snippets) read badly as an answer's opening, and
         # sentences that lean on the previous one ("It ...", "This category ...") read
         # badly out of context.
-        score -= 0.1 * min(sentence.count("`") // 2, 3)
-        if _LEANS_ON_CONTEXT.match(sentence):
+        score -= 0.1 * min(c.sentence.count("`") // 2, 3)
+        if _LEANS_ON_CONTEXT.match(c.sentence):
             score -= 0.1
-        scored.append((score, i))
-    scored.sort(reverse=True)
+        scores.append(score)
+    return scores
 
+
+def _choose(candidates: list[_Candidate], vectors: np.ndarray, scores: list[float]) -> list[int]:
+    """Indices of the best sentences within the budget, without near-duplicates."""
+    ranked = sorted(((s, i) for i, s in enumerate(scores)), reverse=True)
     # The fused ranking knows better than one sentence's similarity which section answers:
     # the top passage always contributes its best sentence.
-    top = min(c[0].rank for c in candidates)
-    first = next(i for _, i in scored if candidates[i][0].rank == top)
+    top = min(c.passage.rank for c in candidates)
+    first = next(i for _, i in ranked if candidates[i].passage.rank == top)
     chosen: list[int] = [first]
-    words = len(candidates[first][2].split())
-    for _, i in scored:
+    words = len(candidates[first].sentence.split())
+    for _, i in ranked:
         if i == first:
             continue
-        length = len(candidates[i][2].split())
+        length = len(candidates[i].sentence.split())
         if chosen and (words + length > EVIDENCE_WORD_BUDGET or len(chosen) >= EVIDENCE_MAX_SENTENCES):
             continue
         # Two sections often define a term in near-identical words; one copy is enough.
@@ -303,18 +336,7 @@ def select_evidence(
             continue
         chosen.append(i)
         words += length
-    # Number passages in rank order, keep sentences in reading order within a passage.
-    numbers: dict[str, int] = {}
-    for passage in sorted({candidates[i][0].chunk.id: candidates[i][0] for i in chosen}.values(),
-                          key=lambda p: p.rank):
-        numbers[passage.chunk.id] = len(numbers) + 1
-    chosen.sort(key=lambda i: (numbers[candidates[i][0].chunk.id], candidates[i][1]))
-    score_of = dict((i, s) for s, i in scored)
-    items = [
-        Evidence(numbers[candidates[i][0].chunk.id], candidates[i][0], candidates[i][2], score_of[i])
-        for i in chosen
-    ]
-    return EvidenceSet(items, vectors[chosen], question_terms)
+    return chosen
 
 
 # --- Prompt -------------------------------------------------------------------------------
@@ -349,10 +371,6 @@ def build_messages(question: str, evidence: EvidenceSet, context: str | None = N
 # --- Verification -------------------------------------------------------------------------
 
 CITATION_MARKERS = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
-# End of a sentence: terminal punctuation, optional citation markers, then white space
-# before something that starts a new sentence. The markers are taken possessively, so a
-# final "sentence. [3]" is never split into "sentence." and a bare "[3]".
-SENTENCE_BOUNDARY = re.compile(r"[.!?](?:\s*\[\d+(?:\s*,\s*\d+)*\])*+\s+(?=[A-Z\[(\"'0-9])")
 
 
 @dataclass
@@ -398,15 +416,9 @@ def cited_numbers(text: str) -> list[int]:
     return [int(x) for group in CITATION_MARKERS.findall(text) for x in group.split(",")]
 
 
-def answer_sentences(text: str) -> list[str]:
-    """Split a final answer into its sentences, each keeping its citation markers."""
-    pieces, start = [], 0
-    for match in SENTENCE_BOUNDARY.finditer(text):
-        pieces.append(text[start : match.end()].strip())
-        start = match.end()
-    if text[start:].strip():
-        pieces.append(text[start:].strip())
-    return pieces
+# An answer's sentences are cut by the guide's one sentence rule (chunking.split_sentences),
+# which keeps each sentence's citation markers with it; the old name stays for callers.
+answer_sentences = split_sentences
 
 
 def lead_evidence(evidence: EvidenceSet) -> Evidence | None:

@@ -13,6 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
+
+import numpy as np
 
 from . import answer as ans
 from .config import Settings
@@ -20,13 +23,7 @@ from .generation import GenerationConfig, Generator
 from .index import Index, open_index
 from .models import generator_is_loaded, get_embedder, get_generator
 from .retrieval import Passage, Retriever, clean_question
-
-# Sentences in a row that may fail verification before generation is abandoned; a sentence
-# counts as failed as soon as it holds a word no source allows. Replaying the model's
-# output for 30 eval questions: this keeps every sentence that verification kept without
-# it, and decodes a median of 27 tokens instead of 66. Giving up after one failure decoded
-# 4, but lost a kept sentence.
-GIVE_UP_AFTER = 2
+from .streamcheck import StreamCheck
 
 
 class Assistant:
@@ -86,6 +83,46 @@ class Assistant:
     ) -> Iterator[str | ans.Answer]:
         """Yield pieces of the answer as they are verified, then the final Answer."""
         question = clean_question(question, self.settings)
+        turn = self._retrieve(question, history or [], k)
+        retriever = self.retriever
+        if not ans.is_covered(turn.passages, self.settings.gate_threshold, retriever.rare_terms(turn.query)):
+            text = ans.declined_text(turn.passages)
+            yield text
+            turn.passages = ans.closest_sections(turn.passages)
+            yield turn.answer(text, False, "declined")
+            return
+        if not self.generator_loaded():
+            loading = time.perf_counter()
+            self.generator  # noqa: B018 - loads it now
+            turn.exclude_loading(time.perf_counter() - loading)
+        evidence = ans.select_evidence(
+            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf
+        )
+        # The earlier question as the model sees it: cut like any question, so that a huge
+        # paste earlier in the conversation cannot overflow the model's context.
+        cut = self.settings.max_question_chars
+        context = history[-1][:cut] if history and turn.query != question else None
+        messages = ans.build_messages(question, evidence, context)
+        config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
+        check = StreamCheck(evidence, retriever.embedder)
+        tokens = 0
+        with closing(self.generator.stream(messages, config)) as pieces:
+            for piece in pieces:
+                turn.first_token()
+                tokens += 1
+                yield from check.feed(piece)
+                if check.gave_up:
+                    break
+        yield from check.finish()
+        if check.pieces:
+            yield turn.answer(check.text, True, "generated", evidence, tokens, check.dropped)
+            return
+        text = ans.extractive_answer(evidence)
+        yield text
+        yield turn.answer(text, True, "extractive", evidence, tokens, check.dropped)
+
+    def _retrieve(self, question: str, history: list[str], k: int | None) -> _Turn:
+        """The passages for a question read with its conversation, timed apart from start-up."""
         # Loading the index and models is start-up work, reported apart from the question's own.
         loading = time.perf_counter()
         retriever = self.retriever
@@ -94,100 +131,42 @@ class Assistant:
         if (load_ms := (time.perf_counter() - loading) * 1000) > 50:
             timings["load_ms"] = load_ms
         started = time.perf_counter()
-        query = clean_question(ans.condense(question, history or []), self.settings)
+        query = clean_question(ans.condense(question, history), self.settings)
         query_vector = retriever.embedder.encode([query])[0]
         passages = retriever.search(query, k or self.settings.top_k, query_vector)
         timings["retrieve_ms"] = (time.perf_counter() - started) * 1000
+        return _Turn(question, query, query_vector, passages, self.settings.model, timings, started)
 
-        def finish(text: str, answerable: bool, mode: str, evidence, tokens: int = 0, **extra):
-            timings.setdefault("first_token_ms", (time.perf_counter() - started) * 1000)
-            timings["total_ms"] = (time.perf_counter() - started) * 1000
-            citations = ans.citations_for(text, evidence) if evidence else []
-            return ans.Answer(
-                question, text, answerable, citations, passages, self.settings.model,
-                timings, tokens, mode, query, **extra,
-            )
 
-        if not ans.is_covered(passages, self.settings.gate_threshold, retriever.rare_terms(query)):
-            text = ans.declined_text(passages)
-            yield text
-            passages = ans.closest_sections(passages)
-            yield finish(text, False, "declined", None)
-            return
+@dataclass
+class _Turn:
+    """One question on its way to an Answer: what was retrieved, and the clock."""
 
-        embedder = retriever.embedder
-        if not self.generator_loaded():
-            loading = time.perf_counter()
-            self.generator  # noqa: B018 - loads it now
-            timings["load_ms"] = timings.get("load_ms", 0.0) + (time.perf_counter() - loading) * 1000
-            started += (time.perf_counter() - loading)
-        evidence = ans.select_evidence(query, passages, embedder, query_vector, self.index.keyword.idf)
-        # The earlier question as the model sees it: cut like any question, so that a huge
-        # paste earlier in the conversation cannot overflow the model's context.
-        context = history[-1][: self.settings.max_question_chars] if history and query != question else None
-        messages = ans.build_messages(question, evidence, context)
-        config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
+    question: str
+    query: str
+    query_vector: np.ndarray
+    passages: list[Passage]
+    model: str
+    timings: dict[str, float]
+    started: float
 
-        emitted: list[str] = []
-        streamed: list[str] = []
-        dropped: list[str] = []
-        tokens = 0
-        buffer = ""
+    def _elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
 
-        def judge(sentence: str) -> str | None:
-            verdict = ans.verify_sentence(sentence, evidence, embedder)
-            normal = verdict.text.lower()
-            if not verdict.supported or any(normal == e.lower() for e in emitted):
-                if verdict.text:
-                    dropped.append(verdict.text)
-                return None
-            emitted.append(verdict.text)
-            streamed.append(("" if len(emitted) == 1 else " ") + f"{verdict.text} [{verdict.n}]")
-            return streamed[-1]
+    def exclude_loading(self, seconds: float) -> None:
+        """Model loading happened mid-question: count it as start-up, not answer time."""
+        self.timings["load_ms"] = self.timings.get("load_ms", 0.0) + seconds * 1000
+        self.started += seconds
 
-        failed_in_a_row = 0
-        with closing(self.generator.stream(messages, config)) as pieces:
-            for piece in pieces:
-                if "first_token_ms" not in timings:
-                    timings["first_token_ms"] = (time.perf_counter() - started) * 1000
-                tokens += 1
-                buffer += piece
-                while match := ans.SENTENCE_BOUNDARY.search(buffer):
-                    sentence, buffer = buffer[: match.end()], buffer[match.end() :]
-                    if (out := judge(sentence)) is not None:
-                        failed_in_a_row = 0
-                        yield out
-                    else:
-                        failed_in_a_row += 1
-                # The sentence still being written may already be sure to fail.
-                doomed = bool(buffer.strip()) and not evidence.can_still_pass(buffer)
-                if failed_in_a_row + doomed >= GIVE_UP_AFTER:
-                    # The model has drifted from its evidence; what it writes next is
-                    # dropped too, so stop paying for it.
-                    if doomed:
-                        dropped.append(buffer.strip())
-                    buffer = ""
-                    break
-        tail = buffer.strip()
-        # A tail without final punctuation was cut off by the token limit: never shown.
-        if tail and tail.rstrip("]0123456789[ ,")[-1:] in ".!?":
-            if (out := judge(tail)) is not None:
-                yield out
-        elif tail:
-            dropped.append(tail)
+    def first_token(self) -> None:
+        self.timings.setdefault("first_token_ms", self._elapsed_ms())
 
-        if streamed:
-            # The top-ranked section should be cited: when the model's kept sentences all
-            # came from lower-ranked sources, add that section's best evidence sentence,
-            # if it is about as relevant as the best evidence (not a near miss).
-            lead = ans.lead_evidence(evidence)
-            best = max(e.score for e in evidence.items)
-            if lead and 1 not in ans.cited_numbers("".join(streamed)) and lead.score >= best - 0.1:
-                streamed.append(f" {lead.sentence} [{lead.n}]")
-                yield streamed[-1]
-            text = "".join(streamed)
-            yield finish(text, True, "generated", evidence, tokens, dropped_sentences=dropped)
-            return
-        text = ans.extractive_answer(evidence)
-        yield text
-        yield finish(text, True, "extractive", evidence, tokens, dropped_sentences=dropped)
+    def answer(self, text: str, answerable: bool, mode: str, evidence: ans.EvidenceSet | None = None,
+               tokens: int = 0, dropped: list[str] | None = None) -> ans.Answer:
+        self.first_token()
+        self.timings["total_ms"] = self._elapsed_ms()
+        citations = ans.citations_for(text, evidence) if evidence else []
+        return ans.Answer(
+            self.question, text, answerable, citations, self.passages, self.model,
+            self.timings, tokens, mode, self.query, dropped_sentences=dropped or [],
+        )

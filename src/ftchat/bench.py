@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import Settings
+from .stats import percentile
 
 # Typical in-scope questions (one per topic), and a few more for retrieval timing.
 ANSWER_QUESTIONS = [
@@ -52,14 +52,11 @@ def _log(message: str) -> None:
 
 
 def _p50(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else 0.0
+    return percentile(values, 50)
 
 
 def _p95(values: list[float]) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))])
+    return percentile(values, 95)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

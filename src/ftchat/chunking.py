@@ -10,9 +10,17 @@ from .corpus import Section
 
 TITLE_SEPARATOR = " › "
 
-# A sentence ends at . ! or ? followed by space and an upper-case letter, digit or quote;
-# good enough for the guide's prose and cheap (no NLP model at index time).
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
+# The one sentence rule, for the guide's chunks, its evidence sentences and the model's
+# answers (which quote them): a sentence ends at . ! or ?, then any citation markers, then
+# white space before an upper-case letter, digit, quote, "(" or "[". Cheap on purpose (no
+# NLP model at index time). Citation markers are taken possessively, so "sentence. [3]" is
+# never split into "sentence." and a bare "[3]"; a full stop after an abbreviation ("Hu et
+# al. (2021)", "e.g. LoRA") ends nothing.
+_ABBREVIATIONS = ("et al", r"e\.g", r"i\.e", "vs", "etc", "cf", "Fig", "No")
+_NOT_AFTER_ABBREVIATION = "".join(f"(?<!(?i:\\b{a}))" for a in _ABBREVIATIONS)
+SENTENCE_END = re.compile(
+    rf"(?:[!?]|{_NOT_AFTER_ABBREVIATION}\.)(?:\s*\[\d+(?:\s*,\s*\d+)*\])*+\s+(?=[\"'(\[A-Z0-9])"
+)
 
 
 @dataclass(frozen=True)
@@ -47,21 +55,17 @@ class Chunk:
         )
 
 
-# A full stop after these is not the end of a sentence ("Hu et al. (2021) ...").
-_ABBREVIATION = re.compile(r"(?:\bet al|\be\.g|\bi\.e|\bvs|\betc|\bcf|\bFig|\bNo)\.$", re.IGNORECASE)
-
-
 def split_sentences(text: str) -> list[str]:
+    """The sentences of text, white space flattened; a blank line always ends one."""
     sentences: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
         flat = " ".join(paragraph.split())
-        for piece in _SENTENCE_END.split(flat):
-            if not piece:
-                continue
-            if sentences and (_ABBREVIATION.search(sentences[-1]) or piece.startswith("(")):
-                sentences[-1] = f"{sentences[-1]} {piece}"
-            else:
-                sentences.append(piece)
+        start = 0
+        for match in SENTENCE_END.finditer(flat):
+            sentences.append(flat[start : match.end()].strip())
+            start = match.end()
+        if flat[start:]:
+            sentences.append(flat[start:])
     return sentences
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
 from .config import Settings, SettingsError, parse_auth
 from .corpus import CorpusError
+from .jsonl import read_lines
 from .models import ModelNotAvailable
 from .retrieval import QuestionError
 
@@ -19,24 +21,38 @@ def _settings(**overrides: object) -> Settings:
     return Settings().with_overrides(**overrides)
 
 
-def read_questions(path: Path) -> list[str]:
-    """One question per line, or JSON Lines rows with a "question" field."""
-    questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise click.ClickException(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("question"), str):
-                raise click.ClickException(f'{path}:{number}: a JSON row needs a "question" string')
-            questions.append(row["question"])
+def read_questions(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, question, error) for each non-blank line of a questions file: one
+    question per line, or JSON Lines rows with a "question" field."""
+    for line in read_lines(path, plain_text=True):
+        row = line.value
+        if isinstance(row, dict) and isinstance(row.get("question"), str):
+            yield line.number, row["question"], None
+        elif isinstance(row, str):
+            yield line.number, row, None
         else:
-            questions.append(line)
-    return questions
+            yield line.number, None, line.error or 'a JSON row needs a "question" string'
+
+
+def _answer_each(path: Path, answer: Callable[[str], dict]) -> None:
+    """One JSON line per row, in order: answer(question), or the row's error. A bad row
+    fails alone; the exit status says whether any did."""
+    failed = total = 0
+    for number, question, error in read_questions(path):
+        total += 1
+        if question is not None:
+            try:
+                _print_json(answer(question))
+                continue
+            except QuestionError as exc:
+                error = str(exc)
+        failed += 1
+        _print_json({"question": question, "error": error, "line": number})
+    if total == 0:
+        raise click.ClickException(f"{path} has no questions")
+    if failed:
+        click.echo(f"{failed} of {total} rows failed", err=True)
+        sys.exit(1)
 
 
 def _print_json(obj: object) -> None:
@@ -126,8 +142,10 @@ def search(question: str | None, k: int, as_json: bool, questions_file: Path | N
         raise click.UsageError("Give a QUESTION or --questions FILE.")
     assistant = Assistant(_settings())
     if questions_file is not None:
-        for q in read_questions(questions_file):
-            _print_json({"question": q, "passages": [p.to_json() for p in assistant.search(q, k)]})
+        _answer_each(
+            questions_file,
+            lambda q: {"question": q, "passages": [p.to_json() for p in assistant.search(q, k)]},
+        )
         return
     passages = assistant.search(question, k)
     if as_json:
@@ -181,8 +199,7 @@ def ask(question: str | None, as_json: bool, model: str | None, k: int | None,
         raise click.UsageError("Give a QUESTION or --questions FILE.")
     assistant = Assistant(_settings(model=model))
     if questions_file is not None:
-        for q in read_questions(questions_file):
-            _print_json(assistant.ask(q, k=k).to_json())
+        _answer_each(questions_file, lambda q: assistant.ask(q, k=k).to_json())
         return
     if as_json:
         _print_json(assistant.ask(question, k=k).to_json())

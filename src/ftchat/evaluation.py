@@ -8,7 +8,6 @@ any expected term occurs in its title or text, case-insensitively.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,9 @@ from pathlib import Path
 from . import answer as ans
 from .api import Assistant
 from .config import GATE_FILE, REPO_ROOT
+from .jsonl import read_lines
 from .retrieval import Passage
+from .stats import percentile
 
 DEFAULT_EVAL_FILE = REPO_ROOT / "eval" / "eval.jsonl"
 
@@ -34,37 +35,41 @@ class EvalFileError(ValueError):
 
 
 def load_rows(path: Path = DEFAULT_EVAL_FILE) -> list[EvalRow]:
+    """The rows of an eval file; the first malformed row stops it, naming file and line."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line in read_lines(path):
         try:
-            data = json.loads(line)
-            rows.append(
-                EvalRow(
-                    question=str(data["question"]),
-                    expected_terms=tuple(str(t) for t in data.get("expected_terms", [])),
-                    answerable=bool(data.get("answerable", True)),
-                    history=tuple(str(h) for h in data.get("history", [])),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise EvalFileError(f"{path}:{number}: not a valid eval row ({exc})") from exc
+            if line.error:
+                raise ValueError(line.error)
+            rows.append(_eval_row(line.value))
+        except ValueError as exc:
+            raise EvalFileError(f"{path}:{line.number}: {exc}") from None
     if not rows:
         raise EvalFileError(f"{path} has no eval rows")
     return rows
 
 
+def _eval_row(data: object) -> EvalRow:
+    if not isinstance(data, dict):
+        raise ValueError(f"an eval row is a JSON object, not {type(data).__name__}")
+    if not isinstance(data.get("question"), str) or not data["question"].strip():
+        raise ValueError('an eval row needs a non-empty "question" string')
+    for key in ("expected_terms", "history"):
+        if not isinstance(data.get(key, []), list):
+            raise ValueError(f'"{key}" must be a list of strings')
+    if not isinstance(data.get("answerable", True), bool):
+        raise ValueError('"answerable" must be true or false')
+    return EvalRow(
+        question=data["question"],
+        expected_terms=tuple(str(t) for t in data.get("expected_terms", [])),
+        answerable=data.get("answerable", True),
+        history=tuple(str(h) for h in data.get("history", [])),
+    )
+
+
 def hits(passage: Passage, terms: tuple[str, ...]) -> bool:
     haystack = f"{passage.chunk.title}\n{passage.chunk.text}".lower()
     return any(term.lower() in haystack for term in terms)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # --- Retrieval --------------------------------------------------------------------------
@@ -253,8 +258,8 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
         support_rate=supported / max(sentences, 1),
         model_sentences_kept=kept / max(written, 1),
         extractive_rate=extractive / max(cited_answers, 1),
-        first_token_ms_p50=statistics.median(first) if first else 0.0,
-        total_ms_p50=statistics.median(total) if total else 0.0,
-        total_ms_p95=_percentile(total, 0.95),
+        first_token_ms_p50=percentile(first, 50),
+        total_ms_p50=percentile(total, 50),
+        total_ms_p95=percentile(total, 95),
         failures=failures,
     )

@@ -1,0 +1,46 @@
+"""A generator that replays a script: the answer pipeline's control flow without a model.
+
+`ScriptedGenerator(text)` has the surface `Assistant` uses of the real generator (`name`,
+`stream(messages, config) -> Iterator[str]`, `last_decoded_tokens`) and writes `text`
+in word pieces of at most four characters, so a sentence arrives the way a tokenizer
+would deliver it, a word at a time in several pieces. It honours
+`config.max_new_tokens` (which is how a cut-off tail is made) and stops when the reader
+stops reading. `use_scripted_generator(monkeypatch, assistant, generator)` puts it into
+an Assistant through its `generator` property.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from ftchat.api import Assistant
+from ftchat.generation import GenerationConfig
+
+_PIECE = re.compile(r"\s*\S{1,4}")
+
+
+def word_pieces(text: str) -> list[str]:
+    return _PIECE.findall(text)
+
+
+class ScriptedGenerator:
+    def __init__(self, text: str, name: str = "scripted") -> None:
+        self.name = name
+        self.text = text
+        self.last_decoded_tokens = 0
+        self.calls: list[list[dict]] = []  # the messages of every stream() call
+
+    def stream(self, messages: list[dict], config: GenerationConfig) -> Iterator[str]:
+        self.calls.append(messages)
+        self.last_decoded_tokens = 0
+        for piece in word_pieces(self.text)[: config.max_new_tokens]:
+            self.last_decoded_tokens += 1
+            yield piece
+
+
+def use_scripted_generator(monkeypatch, generator: ScriptedGenerator) -> None:
+    """Every Assistant in this test answers with `generator` (until the model registry lands,
+    the seam is Assistant's `generator` property)."""
+    monkeypatch.setattr(Assistant, "generator", property(lambda self: generator))
+    monkeypatch.setattr(Assistant, "generator_loaded", lambda self: True)
