@@ -5,8 +5,8 @@
 in word pieces of at most four characters, so a sentence arrives the way a tokenizer
 would deliver it, a word at a time in several pieces. It honours
 `config.max_new_tokens` (which is how a cut-off tail is made) and stops when the reader
-stops reading. `use_scripted_generator(monkeypatch, assistant, generator)` puts it into
-an Assistant through its `generator` property.
+stops reading. `use_scripted_generator(monkeypatch, generator)` registers it through the
+model registry, like any model, for one test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ftchat.api import Assistant
+from ftchat import models
 from ftchat.generation import GenerationConfig
 
 _PIECE = re.compile(r"\s*\S{1,4}")
@@ -28,6 +28,9 @@ class ScriptedGenerator:
     def __init__(self, text: str, name: str = "scripted") -> None:
         self.name = name
         self.text = text
+        # What the registry logs of every model it loads.
+        self.dtype, self.backend, self.source = "none", "scripted", "tests/scripted.py"
+        self.load_seconds = 0.0
         self.last_decoded_tokens = 0
         self.calls: list[list[dict]] = []  # the messages of every stream() call
 
@@ -39,8 +42,11 @@ class ScriptedGenerator:
             yield piece
 
 
-def use_scripted_generator(monkeypatch, generator: ScriptedGenerator) -> None:
-    """Every Assistant in this test answers with `generator` (until the model registry lands,
-    the seam is Assistant's `generator` property)."""
-    monkeypatch.setattr(Assistant, "generator", property(lambda self: generator))
-    monkeypatch.setattr(Assistant, "generator_loaded", lambda self: True)
+def use_scripted_generator(monkeypatch, generator: ScriptedGenerator) -> str:
+    """Register `generator` under its name for this test; returns the name to pass as
+    Settings(model=...). The registry's table is swapped for a copy, so the registration
+    and any model it loads are gone when the test ends."""
+    monkeypatch.setattr(models, "_FACTORIES", dict(models._FACTORIES))
+    monkeypatch.setattr(models, "_GENERATORS", dict(models._GENERATORS))
+    models.register_generator(generator.name, lambda settings: generator)
+    return generator.name

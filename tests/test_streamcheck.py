@@ -146,11 +146,10 @@ def test_nothing_is_added_when_nothing_was_kept(assistant) -> None:
 
 def ask(monkeypatch, assistant: Assistant, script: str, question: str = LORA_Q, **settings):
     generator = ScriptedGenerator(script)
-    use_scripted_generator(monkeypatch, generator)
-    if settings:
-        index = assistant.index
-        assistant = Assistant(dataclasses.replace(assistant.settings, **settings))
-        assistant.reload(index)
+    name = use_scripted_generator(monkeypatch, generator)
+    index = assistant.index
+    assistant = Assistant(dataclasses.replace(assistant.settings, model=name, **settings))
+    assistant.reload(index)
     items = list(assistant.stream(question))
     answer = items[-1]
     assert isinstance(answer, ans.Answer) and "".join(items[:-1]) == answer.text
