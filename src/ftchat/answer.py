@@ -189,7 +189,7 @@ class EvidenceSet:
         Verification allows no content word outside the matched source's evidence, so such
         a sentence fails however it ends; knowing it early saves decoding the rest.
         """
-        text = _claim_text(unfinished)
+        text = claim_text(unfinished)
         complete = text[: max(text.rfind(" "), 0)]  # the last word may still be growing
         return all(t in self._any_source_words for t in tokenize(complete))
 
@@ -364,7 +364,7 @@ class Verdict:
     text: str
 
 
-def _claim_text(sentence: str) -> str:
+def claim_text(sentence: str) -> str:
     """What a sentence claims: without citation markers or an "Answer:" preamble."""
     text = CITATION_MARKERS.sub("", sentence).strip()
     return re.sub(r"^(answer|according to the sources?)[:,]\s*", "", text, flags=re.IGNORECASE)
@@ -372,7 +372,7 @@ def _claim_text(sentence: str) -> str:
 
 def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) -> Verdict:
     cited = cited_numbers(sentence)
-    text = _claim_text(sentence)
+    text = claim_text(sentence)
     terms = tokenize(text)
     if not evidence.items or len(text.split()) < 3 or not terms:
         return Verdict(False, 0, 0.0, 1.0, text)
