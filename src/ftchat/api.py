@@ -17,6 +17,7 @@ from contextlib import closing
 from . import answer as ans
 from .config import Settings
 from .embedding import get_embedder
+from .evidence import select_evidence
 from .generation import GenerationConfig, Generator, generator_is_loaded, get_generator
 from .index import Index, open_index
 from .retrieval import Passage, Retriever, clean_question
@@ -111,9 +112,9 @@ class Assistant:
             )
 
         if not ans.is_covered(passages, self.settings.gate_threshold, retriever.rare_terms(query)):
+            passages = ans.closest_sections(passages, self.settings.gate_threshold)
             text = ans.declined_text(passages)
             yield text
-            passages = ans.closest_sections(passages)
             yield finish(text, False, "declined", None)
             return
 
@@ -123,7 +124,7 @@ class Assistant:
             self.generator  # noqa: B018 - loads it now
             timings["load_ms"] = timings.get("load_ms", 0.0) + (time.perf_counter() - loading) * 1000
             started += (time.perf_counter() - loading)
-        evidence = ans.select_evidence(query, passages, embedder, query_vector, self.index.keyword.idf)
+        evidence = select_evidence(query, passages, embedder, query_vector, self.index.keyword.idf)
         # The earlier question as the model sees it: cut like any question, so that a huge
         # paste earlier in the conversation cannot overflow the model's context.
         context = history[-1][: self.settings.max_question_chars] if history and query != question else None
@@ -162,7 +163,7 @@ class Assistant:
                     else:
                         failed_in_a_row += 1
                 # The sentence still being written may already be sure to fail.
-                doomed = bool(buffer.strip()) and not evidence.can_still_pass(buffer)
+                doomed = bool(buffer.strip()) and not evidence.can_still_pass(ans.claim_text(buffer))
                 if failed_in_a_row + doomed >= GIVE_UP_AFTER:
                     # The model has drifted from its evidence; what it writes next is
                     # dropped too, so stop paying for it.

@@ -23,6 +23,7 @@ from . import answer as ans
 from .api import Assistant
 from .chunking import split_sentences
 from .config import GATE_FILE, REPO_ROOT
+from .evidence import ABOUT_THE_GUIDE, LEANING_OPENER, EvidenceSet
 from .retrieval import Passage
 
 DEFAULT_EVAL_FILE = REPO_ROOT / "eval" / "eval.jsonl"
@@ -204,14 +205,6 @@ def write_calibration(result: dict, path: Path = GATE_FILE) -> None:
 
 # --- What the answer says -----------------------------------------------------------------
 
-# Openers that lean on a sentence before them ("It sits between ...", "The second ...").
-_LEANING_OPENER = re.compile(
-    r"^(it|its|this|these|they|their|them|those|such|that|here|both|another|however|instead|also|then|"
-    r"the (second|third|fourth|latter|former|other|others|last|next|same|rest))\b",
-    re.IGNORECASE,
-)
-# Sentences about the guide or one of its categories instead of the subject asked about.
-_ABOUT_THE_GUIDE = re.compile(r"\b(this|the) (guide|category|section|chapter)\b|\bpart [12]\b", re.IGNORECASE)
 _LIST_ITEM = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s")
 
 
@@ -251,11 +244,11 @@ def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> li
         following = sentences[i + 1] if i + 1 < len(sentences) else ""
         if claim.endswith(":") and not _LIST_ITEM.match(following):
             problems.append((sentence, "a lead-in with nothing after it"))
-        elif _LEANING_OPENER.match(claim) and not (
+        elif LEANING_OPENER.match(claim) and not (
             i and _follows_in_source(answer, sentences[i - 1], sentence)
         ):
             problems.append((sentence, "leans on a sentence that is not shown"))
-        elif not about_the_guide_ok and _ABOUT_THE_GUIDE.search(claim):
+        elif not about_the_guide_ok and ABOUT_THE_GUIDE.search(claim):
             problems.append((sentence, "about the guide, not the subject"))
     return problems
 
@@ -393,7 +386,7 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
             valid += 1
         else:
             failures.append({"question": row.question, "problem": "citation", "answer": answer.text})
-        evidence = ans.EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+        evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
         for sentence in ans.answer_sentences(answer.text):
             sentences += 1
             supported += ans.verify_sentence(sentence, evidence, embedder).supported
