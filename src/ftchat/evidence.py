@@ -44,7 +44,7 @@ GENERIC_WORDS = frozenset(
     )
 )
 NEAR_DUPLICATE = 0.85
-LEAD_BONUS = 0.05
+LEAD_BONUS = 0.08
 # How far below the lead a sentence of the answering section may score and still join
 # (the word budget is what usually stops it), and a sentence of another section.
 SAME_SECTION_MARGIN = 0.35
@@ -108,8 +108,8 @@ def question_kind(question: str) -> str:
 
 
 # Words per answer, by kind: a definition is a sentence or two, a list or a diagnosis more.
-WORD_BUDGET = {"definition": 75, "yes_no": 75, "why": 85, "other": 85, "how_to": 95,
-               "symptom": 100, "list": 100, "comparison": 110}
+WORD_BUDGET = {"definition": 90, "yes_no": 90, "why": 100, "other": 100, "how_to": 110,
+               "symptom": 120, "list": 120, "comparison": 130}
 
 _REMEDY = re.compile(
     r"^(use|set|keep|add|filter|lower|raise|reduce|increase|try|freeze|check|start|combine|apply|always|"
