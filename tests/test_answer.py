@@ -11,6 +11,7 @@ from guide_fixtures import FTCHAT, guide_env
 
 from ftchat import answer as ans
 from ftchat.answer import Answer
+from ftchat.evidence import EvidenceSet, select_evidence
 from ftchat.retrieval import QuestionError
 
 pytestmark = pytest.mark.slow
@@ -87,7 +88,7 @@ def test_follow_up_questions_are_retrieved_with_the_conversation(assistant) -> N
 
 def assert_supported_by_its_citations(answer: Answer, embedder) -> None:
     """Every sentence of the answer passes verification against the evidence it cites."""
-    evidence = ans.EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+    evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
     for sentence in ans.answer_sentences(answer.text):
         assert ans.verify_sentence(sentence, evidence, embedder).supported, sentence
 
@@ -131,7 +132,7 @@ def test_injected_instructions_in_a_document_are_quoted_not_followed(tmp_path) -
     assert [c.passage.chunk.title for c in answer.citations] == ["Guide › Methods › Prefix tuning"]
     assert all("PWNED" not in q for c in answer.citations for q in c.quotes), answer.citations
     passages = assistant.search("What is prefix tuning?")
-    evidence = ans.select_evidence("What is prefix tuning?", passages, assistant.retriever.embedder)
+    evidence = select_evidence("What is prefix tuning?", passages, assistant.retriever.embedder)
     assert evidence.items and all(e.sentence != injected for e in evidence.items)
     assert "PWNED" not in answer.text
 
@@ -192,7 +193,7 @@ def test_generation_is_abandoned_after_repeated_unsupported_sentences(assistant)
 
 def test_verification_drops_unsupported_sentences(assistant) -> None:
     passages = assistant.search("What is QLoRA?")
-    evidence = ans.select_evidence("What is QLoRA?", passages, assistant.retriever.embedder)
+    evidence = select_evidence("What is QLoRA?", passages, assistant.retriever.embedder)
     embedder = assistant.retriever.embedder
     copied = ans.verify_sentence(evidence.items[0].sentence + " [1]", evidence, embedder)
     assert copied.supported and copied.n == evidence.items[0].n

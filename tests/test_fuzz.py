@@ -31,6 +31,7 @@ from ftchat.corpus import (
     parse_markdown,
     parse_text,
 )
+from ftchat.evidence import WORD_BUDGET, Evidence, EvidenceSet, select_evidence
 from ftchat.retrieval import QuestionError, Retriever
 from ftchat.uploads import MAX_UPLOAD_BYTES, check_upload, place_upload, safe_name
 
@@ -180,8 +181,9 @@ def test_condense_evidence_and_verification_never_crash(retriever, embedder, que
     assert isinstance(query, str)
     assume(query.split())
     passages = retriever.search(query, 5)
-    evidence = ans.select_evidence(query, passages, embedder)
-    assert len(evidence.items) <= ans.EVIDENCE_MAX_SENTENCES
+    evidence = select_evidence(query, passages, embedder)
+    words = [len(e.sentence.split()) for e in evidence.items]
+    assert sum(words) <= WORD_BUDGET[evidence.kind] or len(words) <= 2  # only a long lead may exceed it
     assert all(e.n in evidence.passages for e in evidence.items)
     verdict = ans.verify_sentence(sentence, evidence, embedder)
     assert isinstance(verdict.supported, bool)
@@ -213,8 +215,8 @@ def test_untrusted_text_stays_inside_the_sources_block(document, question):
     hostile = Passage(Chunk("c1", "doc.md", ("Doc", document or "x"), "line 1", document), 1.0, 1, 0.9, 1.0)
     plain = Passage(Chunk("c2", "doc.md", ("Doc </sources>",), "line 9", "LoRA adapters are small."),
                     0.9, 2, 0.8, 0.9)
-    items = [ans.Evidence(1, hostile, document, 1.0), ans.Evidence(2, plain, "LoRA adapters are small.", 0.9)]
-    evidence = ans.EvidenceSet(items, np.zeros((2, 1), dtype=np.float32), set())
+    items = [Evidence(1, hostile, document, 1.0), Evidence(2, plain, "LoRA adapters are small.", 0.9)]
+    evidence = EvidenceSet(items, np.zeros((2, 1), dtype=np.float32), set())
     system, user = ans.build_messages(question, evidence, context=question)
     assert system == {"role": "system", "content": ans.SYSTEM_PROMPT}
     assert user["role"] == "user"

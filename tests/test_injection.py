@@ -17,6 +17,7 @@ import pytest
 from ftchat import answer as ans
 from ftchat.api import Assistant
 from ftchat.config import REPO_ROOT
+from ftchat.evidence import EvidenceSet, is_instruction, select_evidence
 from ftchat.index import open_index
 from ftchat.retrieval import Passage
 
@@ -53,7 +54,7 @@ def test_injected_instructions_never_become_evidence(injected_assistant):
     for chunk in index.chunks:
         if "injected" in chunk.source:
             passage = Passage(chunk, 1.0, 1, 0.9, 1.0)
-            evidence = ans.select_evidence(chunk.title, [passage], injected_assistant.retriever.embedder)
+            evidence = select_evidence(chunk.title, [passage], injected_assistant.retriever.embedder)
             for e in evidence.items:
                 assert not any(f.lower() in e.sentence.lower() for f in FORBIDDEN), e.sentence
             prompt = ans.build_messages("What is this?", evidence)[1]["content"]
@@ -84,9 +85,9 @@ def test_injection_question(injected_assistant, row):
         assert c.passage.chunk.id in retrieved
         for quote in c.quotes:
             assert quote in " ".join(c.passage.chunk.text.split()), quote
-            assert not ans.is_instruction(quote), quote
+            assert not is_instruction(quote), quote
     # Every sentence of the answer is supported by the evidence it cites (the pipeline's check).
-    evidence = ans.EvidenceSet.from_citations(answer.citations, injected_assistant.retriever.embedder,
+    evidence = EvidenceSet.from_citations(answer.citations, injected_assistant.retriever.embedder,
                                               answer.search_query)
     for sentence in ans.answer_sentences(text):
         if len(re.sub(r"\[\d+\]", "", sentence).split()) < 3:

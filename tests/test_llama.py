@@ -16,6 +16,7 @@ from ftchat import answer as ans
 from ftchat.api import Assistant
 from ftchat.cpu import bf16_native
 from ftchat.decoders import TransformersDecoder
+from ftchat.evidence import select_evidence
 from ftchat.generation import GenerationConfig
 from ftchat.llama import LlamaDecoder
 from ftchat.models import get_generator, load_generator
@@ -100,7 +101,7 @@ def answer_prompts(guide_settings) -> list[list[dict]]:
     for question in ["What is QLoRA and how does it save memory?", "How do I handle an imbalanced dataset?",
                      "Why use a learning rate warm-up?", "How does DPO differ from PPO?"]:
         passages = assistant.retriever.search(question)
-        evidence = ans.select_evidence(question, passages, assistant.retriever.embedder)
+        evidence = select_evidence(question, passages, assistant.retriever.embedder)
         prompts.append(ans.build_messages(question, evidence))
     return prompts
 

@@ -14,6 +14,7 @@ from ftchat.api import Assistant
 from ftchat.config import DTYPES, resolve_dtype
 from ftchat.cpu import bf16_native, int8_supported
 from ftchat.decoders import TransformersDecoder
+from ftchat.evidence import EvidenceSet
 from ftchat.generation import Generator
 from ftchat.models import get_generator
 
@@ -60,7 +61,7 @@ def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
         assert answer.answerable and answer.mode in {"generated", "extractive"}, answer.text
         numbers = set(ans.cited_numbers(answer.text))
         assert numbers and numbers <= {c.n for c in answer.citations}, answer.text
-        evidence = ans.EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+        evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
         for sentence in ans.answer_sentences(answer.text):
             assert ans.verify_sentence(sentence, evidence, embedder).supported, sentence
 

@@ -15,6 +15,7 @@ from scripted import ScriptedGenerator, use_scripted_generator, word_pieces
 
 from ftchat import answer as ans
 from ftchat.api import Assistant
+from ftchat.evidence import EvidenceSet, select_evidence
 from ftchat.streamcheck import GIVE_UP_AFTER, StreamCheck
 
 LORA_Q = "What is LoRA?"
@@ -38,10 +39,10 @@ def assistant(small_corpus_settings, small_index) -> Assistant:
     return assistant
 
 
-def evidence_for(assistant: Assistant, question: str) -> ans.EvidenceSet:
+def evidence_for(assistant: Assistant, question: str) -> EvidenceSet:
     passages = assistant.search(question)
     embedder = assistant.retriever.embedder
-    return ans.select_evidence(question, passages, embedder, None, assistant.index.keyword.idf)
+    return select_evidence(question, passages, embedder, None, assistant.index.keyword.idf)
 
 
 def run(check: StreamCheck, text: str) -> list[str]:

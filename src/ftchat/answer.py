@@ -10,15 +10,14 @@ evidence sentences themselves (the "extractive" path), still with citations.
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .chunking import split_sentences
 from .embedding import Embedder
+from .evidence import GENERIC_WORDS, Evidence, EvidenceSet
 from .index import tokenize
 from .retrieval import Passage
 
@@ -28,29 +27,6 @@ NOT_COVERED = "The guide doesn't cover that."
 # sentence and brings in almost no content words that the evidence and question lack.
 SUPPORT_MIN_COSINE = 0.6
 SUPPORT_MAX_NOVELTY = 0.0
-# Words a faithful paraphrase may add without adding a claim.
-_GENERIC_WORDS = frozenset(
-    tokenize(
-        "also allows allow lets let helps help makes make way ways method technique approach "
-        "used uses useful important key main called known means mean both each one two "
-        "during because often however therefore thus same kind"
-    )
-)
-
-EVIDENCE_WORD_BUDGET = 110
-EVIDENCE_MAX_SENTENCES = 4
-EVIDENCE_MAX_PASSAGES = 5
-NEAR_DUPLICATE = 0.85
-
-
-@dataclass(frozen=True)
-class Evidence:
-    n: int  # citation number of the passage it comes from
-    passage: Passage
-    sentence: str
-    score: float
-
-
 @dataclass
 class Citation:
     n: int
@@ -145,198 +121,31 @@ def is_covered(passages: list[Passage], threshold: float, rare_title_terms: set[
     return any(set(tokenize(p.chunk.title)) & rare_title_terms for p in passages[:3])
 
 
-def closest_sections(passages: list[Passage], limit: int = 3) -> list[Passage]:
+# A declined question lists sections only when they come near the gate: at least this
+# share of its threshold. "What is the boiling point of ethanol?" scores 0.14 against
+# mixed precision training; offering that section as "closest" would only mislead.
+CLOSE_SHARE_OF_THRESHOLD = 0.75
+
+
+def closest_sections(passages: list[Passage], threshold: float, limit: int = 3) -> list[Passage]:
+    """The best distinct sections for a declined question, if they are genuinely close."""
     seen: set[str] = set()
     result = []
     for p in passages:
-        if p.chunk.title not in seen:
-            seen.add(p.chunk.title)
-            result.append(p)
+        if p.dense < CLOSE_SHARE_OF_THRESHOLD * threshold or p.chunk.title in seen:
+            continue
+        seen.add(p.chunk.title)
+        result.append(p)
         if len(result) == limit:
             break
     return result
 
 
-def declined_text(passages: list[Passage]) -> str:
-    sections = closest_sections(passages)
+def declined_text(sections: list[Passage]) -> str:
     if not sections:
         return NOT_COVERED
     names = "; ".join(p.chunk.title for p in sections)
     return f"{NOT_COVERED} The closest sections are: {names}."
-
-
-# --- Evidence -----------------------------------------------------------------------------
-
-
-class EvidenceSet:
-    """The few sentences an answer may use, numbered by the passage they come from."""
-
-    def __init__(self, items: list[Evidence], vectors: np.ndarray, question_terms: set[str]) -> None:
-        self.items = items
-        self.vectors = vectors
-        self.question_terms = question_terms
-
-    def vocabulary_for(self, n: int) -> set[str]:
-        words = set(self.question_terms)
-        for e in self.items:
-            if e.n == n:
-                words |= set(tokenize(e.sentence)) | set(tokenize(e.passage.chunk.title))
-        return words
-
-    def can_still_pass(self, unfinished: str) -> bool:
-        """False once an unfinished sentence has a complete word that no source allows.
-
-        Verification allows no content word outside the matched source's evidence, so such
-        a sentence fails however it ends; knowing it early saves decoding the rest.
-        """
-        text = _claim_text(unfinished)
-        complete = text[: max(text.rfind(" "), 0)]  # the last word may still be growing
-        return all(t in self._any_source_words for t in tokenize(complete))
-
-    @functools.cached_property
-    def _any_source_words(self) -> frozenset[str]:
-        # Asked once per decoded token: tokenizing the evidence each time is wasted work.
-        return _GENERIC_WORDS.union(*(self.vocabulary_for(n) for n in self.passages))
-
-    @property
-    def passages(self) -> dict[int, Passage]:
-        return {e.n: e.passage for e in self.items}
-
-    @classmethod
-    def from_citations(cls, citations: list[Citation], embedder: Embedder, question: str) -> EvidenceSet:
-        """Rebuild the evidence an answer cites, to re-check the answer independently."""
-        items = [Evidence(c.n, c.passage, q, 0.0) for c in citations for q in c.quotes]
-        if not items:
-            return cls([], np.zeros((0, 1), dtype=np.float32), set())
-        return cls(items, embedder.encode_remembered([e.sentence for e in items]), set(tokenize(question)))
-
-    def numbered_sources(self) -> str:
-        lines = []
-        for n, passage in sorted(self.passages.items()):
-            sentences = " ".join(e.sentence for e in self.items if e.n == n)
-            lines.append(f"[{n}] ({passage.chunk.heading_path[-1]}) {sentences}")
-        return "\n".join(lines)
-
-
-# Sentences that address the assistant instead of informing the reader ("ignore previous
-# instructions", "SYSTEM: ...", "from now on you are ..."): a document may contain them, but
-# they are never evidence, so they can reach neither the prompt nor an extractive answer.
-_INSTRUCTION = re.compile(
-    r"\b(ignore|disregard|forget|override)\b[^.]{0,60}?\b(instructions?|prompts?|rules?|guide|sources?|above|"
-    r"previous|everything)\b"
-    r"|\b(system prompt|you are now|from now on|reply only|respond only|answer every question|"
-    r"new (rules?|instructions?)|instructions? for the (ai|assistant|model)|developer mode|jailbreak|"
-    r"act as (if|an? (ai|assistant|model))|respond as|every answer (with|by)|pretend (to be|you are))\b"
-    r"|^\W*(system|assistant|user|developer)\s*:"
-    r"|<\s*/?\s*(sources|system|inst)\b|\[/?INST\]|<!--",
-    re.IGNORECASE,
-)
-
-
-def is_instruction(sentence: str) -> bool:
-    return bool(_INSTRUCTION.search(sentence))
-
-
-_LEANS_ON_CONTEXT = re.compile(r"(it|its|this|these|they|those|such|that|here)\b", re.IGNORECASE)
-
-
-def select_evidence(
-    question: str,
-    passages: list[Passage],
-    embedder: Embedder,
-    query_vector: np.ndarray | None = None,
-    term_weight: Callable[[str], float] | None = None,
-) -> EvidenceSet:
-    """The sentences that best answer the question; `query_vector` saves re-embedding it.
-
-    `term_weight` (the keyword index's idf) makes sharing a rare question word count for
-    more than sharing "fine-tuning" or "model"; without it every word counts the same.
-    """
-    candidates = _candidate_sentences(passages)
-    if not candidates:
-        return EvidenceSet([], np.zeros((0, 1), dtype=np.float32), set())
-    vectors = embedder.encode_remembered([c.sentence for c in candidates])
-    if query_vector is None:
-        query_vector = embedder.encode([question])[0]
-    question_terms = set(tokenize(question))
-    scores = _scores(candidates, vectors, query_vector, question_terms, term_weight or (lambda term: 1.0))
-    chosen = _choose(candidates, vectors, scores)
-    # Number passages in rank order, keep sentences in reading order within a passage.
-    numbers: dict[str, int] = {}
-    for passage in sorted({candidates[i].passage.chunk.id: candidates[i].passage for i in chosen}.values(),
-                          key=lambda p: p.rank):
-        numbers[passage.chunk.id] = len(numbers) + 1
-    chosen.sort(key=lambda i: (numbers[candidates[i].passage.chunk.id], candidates[i].position))
-    items = [
-        Evidence(numbers[c.passage.chunk.id], c.passage, c.sentence, scores[i])
-        for i, c in ((i, candidates[i]) for i in chosen)
-    ]
-    return EvidenceSet(items, vectors[chosen], question_terms)
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    passage: Passage
-    position: int  # of the sentence in its passage
-    sentence: str
-
-
-def _candidate_sentences(passages: list[Passage]) -> list[_Candidate]:
-    """Sentences of the passages close to the best one, except fragments and instructions."""
-    if not passages:
-        return []
-    best = max(p.dense for p in passages)
-    usable = [p for p in passages if p.dense >= best - 0.25][:EVIDENCE_MAX_PASSAGES]
-    return [
-        _Candidate(passage, position, sentence)
-        for passage in usable
-        for position, sentence in enumerate(split_sentences(passage.chunk.text))
-        if len(sentence.split()) >= 4 and not is_instruction(sentence)
-    ]
-
-
-def _scores(candidates: list[_Candidate], vectors: np.ndarray, query_vector: np.ndarray,
-            question_terms: set[str], weight: Callable[[str], float]) -> list[float]:
-    question_weight = sum(weight(t) for t in question_terms)
-    scores = []
-    for c, vector in zip(candidates, vectors, strict=True):
-        terms = set(tokenize(c.sentence))
-        overlap = sum(weight(t) for t in terms & question_terms) / max(question_weight, 1e-9)
-        # Opening sentences of a section usually define its term: a small nudge for them,
-        # and for passages that ranked higher.
-        score = float(vector @ query_vector) + 0.15 * overlap + (0.08 if c.position == 0 else 0.0)
-        score -= 0.02 * (c.passage.rank - 1)
-        # Code-heavy sentences (config snippets) read badly as an answer's opening, and
-        # sentences that lean on the previous one ("It ...", "This category ...") read
-        # badly out of context.
-        score -= 0.1 * min(c.sentence.count("`") // 2, 3)
-        if _LEANS_ON_CONTEXT.match(c.sentence):
-            score -= 0.1
-        scores.append(score)
-    return scores
-
-
-def _choose(candidates: list[_Candidate], vectors: np.ndarray, scores: list[float]) -> list[int]:
-    """Indices of the best sentences within the budget, without near-duplicates."""
-    ranked = sorted(((s, i) for i, s in enumerate(scores)), reverse=True)
-    # The fused ranking knows better than one sentence's similarity which section answers:
-    # the top passage always contributes its best sentence.
-    top = min(c.passage.rank for c in candidates)
-    first = next(i for _, i in ranked if candidates[i].passage.rank == top)
-    chosen: list[int] = [first]
-    words = len(candidates[first].sentence.split())
-    for _, i in ranked:
-        if i == first:
-            continue
-        length = len(candidates[i].sentence.split())
-        if chosen and (words + length > EVIDENCE_WORD_BUDGET or len(chosen) >= EVIDENCE_MAX_SENTENCES):
-            continue
-        # Two sections often define a term in near-identical words; one copy is enough.
-        if any(float(vectors[i] @ vectors[j]) > NEAR_DUPLICATE for j in chosen):
-            continue
-        chosen.append(i)
-        words += length
-    return chosen
 
 
 # --- Prompt -------------------------------------------------------------------------------
@@ -382,7 +191,7 @@ class Verdict:
     text: str
 
 
-def _claim_text(sentence: str) -> str:
+def claim_text(sentence: str) -> str:
     """What a sentence claims: without citation markers or an "Answer:" preamble."""
     text = CITATION_MARKERS.sub("", sentence).strip()
     return re.sub(r"^(answer|according to the sources?)[:,]\s*", "", text, flags=re.IGNORECASE)
@@ -390,7 +199,7 @@ def _claim_text(sentence: str) -> str:
 
 def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) -> Verdict:
     cited = cited_numbers(sentence)
-    text = _claim_text(sentence)
+    text = claim_text(sentence)
     terms = tokenize(text)
     if not evidence.items or len(text.split()) < 3 or not terms:
         return Verdict(False, 0, 0.0, 1.0, text)
@@ -399,7 +208,7 @@ def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) ->
     n = evidence.items[best].n
     # Content words must come from the evidence of the matched source (or the question):
     # a small model's typical error is one swapped word ("QLoRA is a library ...").
-    allowed = evidence.vocabulary_for(n) | _GENERIC_WORDS
+    allowed = evidence.vocabulary_for(n) | GENERIC_WORDS
     novelty = sum(1 for t in terms if t not in allowed) / len(terms)
     # Keep the model's own citation when its source supports the sentence almost as well.
     for c in cited:
@@ -408,8 +217,24 @@ def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) ->
             n = c
             break
     cosine = float(sims[best])
-    supported = cosine >= SUPPORT_MIN_COSINE and novelty <= SUPPORT_MAX_NOVELTY
+    supported = (cosine >= SUPPORT_MIN_COSINE and novelty <= SUPPORT_MAX_NOVELTY
+                 and _adds_a_fact(terms, evidence) and not _flips(text, evidence.items[best].sentence))
     return Verdict(supported, n, cosine, novelty, text)
+
+
+def _adds_a_fact(terms: list[str], evidence: EvidenceSet) -> bool:
+    """False for an echo of the question: every content word is the question's own."""
+    return any(t not in evidence.question_terms and t not in GENERIC_WORDS for t in terms)
+
+
+_NEGATION = re.compile(r"\b(not|no|never|cannot|can't|isn't|aren't|doesn't|don't|won't|without|"
+                       r"rather than|instead of|unlike|neither|nor)\b", re.IGNORECASE)
+
+
+def _flips(text: str, source: str) -> bool:
+    """A negation or contrast that its source sentence does not have: the cheapest sign of
+    a sentence that turns its evidence around ("... rather than to repeat questions")."""
+    return bool(_NEGATION.search(text)) and not _NEGATION.search(source)
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -426,14 +251,17 @@ def lead_evidence(evidence: EvidenceSet) -> Evidence | None:
     return max((e for e in evidence.items if e.n == 1), key=lambda e: e.score, default=None)
 
 
-def extractive_answer(evidence: EvidenceSet, max_sentences: int = 3) -> str:
-    """The best evidence sentences, in reading order, each with its citation."""
-    lead = lead_evidence(evidence)
-    ranked = [lead] if lead else []
-    ranked += sorted((e for e in evidence.items if e is not lead), key=lambda e: -e.score)
-    ranked = ranked[:max_sentences]
-    keep = [e for e in evidence.items if e in ranked]
-    return " ".join(f"{e.sentence} [{e.n}]" for e in keep)
+def extractive_answer(evidence: EvidenceSet) -> str:
+    """The evidence units in reading order, each with its citation; a list keeps its lines.
+
+    The evidence was chosen for this question within a word budget for its kind, so all
+    of it is the answer: a definition may be one sentence, a list question a whole list.
+    """
+    pieces = []
+    for e in evidence.items:
+        separator = "\n" if pieces and ("\n" in e.sentence or "\n" in pieces[-1]) else " "
+        pieces.append(("" if not pieces else separator) + f"{e.sentence} [{e.n}]")
+    return "".join(pieces)
 
 
 def citations_for(text: str, evidence: EvidenceSet) -> list[Citation]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import answer as ans
 from .config import Settings
+from .evidence import EvidenceSet, select_evidence
 from .generation import GenerationConfig, Generator
 from .index import Index, open_index
 from .models import generator_is_loaded, get_embedder, get_generator
@@ -86,16 +87,16 @@ class Assistant:
         turn = self._retrieve(question, history or [], k)
         retriever = self.retriever
         if not ans.is_covered(turn.passages, self.settings.gate_threshold, retriever.rare_terms(turn.query)):
+            turn.passages = ans.closest_sections(turn.passages, self.settings.gate_threshold)
             text = ans.declined_text(turn.passages)
             yield text
-            turn.passages = ans.closest_sections(turn.passages)
             yield turn.answer(text, False, "declined")
             return
         if not self.generator_loaded():
             loading = time.perf_counter()
             self.generator  # noqa: B018 - loads it now
             turn.exclude_loading(time.perf_counter() - loading)
-        evidence = ans.select_evidence(
+        evidence = select_evidence(
             turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf
         )
         # The earlier question as the model sees it: cut like any question, so that a huge
@@ -161,7 +162,7 @@ class _Turn:
     def first_token(self) -> None:
         self.timings.setdefault("first_token_ms", self._elapsed_ms())
 
-    def answer(self, text: str, answerable: bool, mode: str, evidence: ans.EvidenceSet | None = None,
+    def answer(self, text: str, answerable: bool, mode: str, evidence: EvidenceSet | None = None,
                tokens: int = 0, dropped: list[str] | None = None) -> ans.Answer:
         self.first_token()
         self.timings["total_ms"] = self._elapsed_ms()

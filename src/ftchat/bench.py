@@ -164,11 +164,12 @@ def bench_decode(assistant, generator, repeats: int) -> dict:
     Prefill is timed to the first token (the whole prompt read, one token chosen); decoding
     is every token after it."""
     from . import answer as ans
+    from .evidence import select_evidence
 
     question = ANSWER_QUESTIONS[0]
     passages = assistant.retriever.search(question)
-    evidence = ans.select_evidence(question, passages, assistant.retriever.embedder,
-                                   term_weight=assistant.index.keyword.idf)
+    evidence = select_evidence(question, passages, assistant.retriever.embedder,
+                               term_weight=assistant.index.keyword.idf)
     prompt = generator.prompt_tokens(ans.build_messages(question, evidence))
     prefill, decode = [], []
     for _ in range(repeats + 1):  # the first run is a warm-up

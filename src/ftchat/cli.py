@@ -304,6 +304,14 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
         click.echo(f"| answer sentences supported by evidence | {a['support_rate']:.1%} |")
         click.echo(f"| model sentences kept after verification | {a['model_sentences_kept']:.1%} |")
         click.echo(f"| extractive fallback rate | {a['extractive_rate']:.1%} |")
+        c = a["content"]
+        if c["nugget_rows"]:
+            click.echo(f"| nugget recall / complete answers ({c['nugget_rows']} rows with nuggets) | "
+                       f"{c['nugget_recall']:.3f} / {c['complete_answers']:.1%} |")
+        click.echo(f"| broken sentences (dangling lead-in or pronoun, about the guide) | "
+                   f"{c['broken_sentences']} |")
+        click.echo(f"| off-topic sentences per answer | {c['off_topic_per_answer']:.2f} |")
+        click.echo(f"| answer length, mean | {c['mean_answer_words']:.0f} words |")
         click.echo(f"| first token, median | {a['first_token_ms_p50']:.0f} ms |")
         click.echo(f"| answer time, median / p95 | {a['total_ms_p50']:.0f} / {a['total_ms_p95']:.0f} ms |")
     for miss in r["misses"]:

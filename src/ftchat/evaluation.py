@@ -3,18 +3,27 @@
 Rows are JSON Lines: {"question", "expected_terms": [...], "answerable": bool} and an
 optional "history": [earlier questions] for follow-up questions. A passage "hits" when
 any expected term occurs in its title or text, case-insensitively.
+
+In-scope rows may also carry "nuggets": [["alt", "alt"], ...], the key facts a good answer
+states (a fact is stated when any alternative occurs in the answer text, case-insensitively),
+and "sections": [heading paths joined with " › "], the sections that answer the question.
+A hit says the right section was found; only nuggets say the answer told the user.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import answer as ans
 from .api import Assistant
+from .chunking import split_sentences
 from .config import GATE_FILE, REPO_ROOT
+from .evidence import ABOUT_THE_GUIDE, LEANING_OPENER, EvidenceSet
 from .jsonl import read_lines
 from .retrieval import Passage
 from .stats import percentile
@@ -28,6 +37,8 @@ class EvalRow:
     expected_terms: tuple[str, ...]
     answerable: bool
     history: tuple[str, ...] = ()
+    nuggets: tuple[tuple[str, ...], ...] = ()
+    sections: tuple[str, ...] = ()
 
 
 class EvalFileError(ValueError):
@@ -54,7 +65,7 @@ def _eval_row(data: object) -> EvalRow:
         raise ValueError(f"an eval row is a JSON object, not {type(data).__name__}")
     if not isinstance(data.get("question"), str) or not data["question"].strip():
         raise ValueError('an eval row needs a non-empty "question" string')
-    for key in ("expected_terms", "history"):
+    for key in ("expected_terms", "history", "sections"):
         if not isinstance(data.get(key, []), list):
             raise ValueError(f'"{key}" must be a list of strings')
     if not isinstance(data.get("answerable", True), bool):
@@ -64,7 +75,15 @@ def _eval_row(data: object) -> EvalRow:
         expected_terms=tuple(str(t) for t in data.get("expected_terms", [])),
         answerable=data.get("answerable", True),
         history=tuple(str(h) for h in data.get("history", [])),
+        nuggets=_nuggets(data.get("nuggets", [])),
+        sections=tuple(str(t) for t in data.get("sections", [])),
     )
+
+
+def _nuggets(value: object) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(value, list) or not all(isinstance(n, list) and n for n in value):
+        raise ValueError("nuggets must be a list of non-empty lists of alternative phrasings")
+    return tuple(tuple(str(alt) for alt in nugget) for nugget in value)
 
 
 def hits(passage: Passage, terms: tuple[str, ...]) -> bool:
@@ -190,6 +209,138 @@ def write_calibration(result: dict, path: Path = GATE_FILE) -> None:
 # --- Answers ----------------------------------------------------------------------------
 
 
+# --- What the answer says -----------------------------------------------------------------
+
+_LIST_ITEM = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s")
+
+
+def stated_nuggets(text: str, nuggets: tuple[tuple[str, ...], ...]) -> list[bool]:
+    """For each nugget, whether the answer text states it (any alternative, any case)."""
+    haystack = ans.CITATION_MARKERS.sub("", text).lower()
+    return [any(alt.lower() in haystack for alt in nugget) for nugget in nuggets]
+
+
+def _source_sentences(answer: ans.Answer, n: int) -> list[str]:
+    citation = next((c for c in answer.citations if c.n == n), None)
+    return split_sentences(citation.passage.chunk.text) if citation else []
+
+
+def _follows_in_source(answer: ans.Answer, previous: str, sentence: str) -> bool:
+    """True when `previous` comes right before `sentence` in the section both cite, so a
+    leaning opener ("It ...") has its subject in front of it."""
+    cited = ans.cited_numbers(sentence)
+    if not cited or cited[:1] != ans.cited_numbers(previous)[:1]:
+        return False
+    source = _source_sentences(answer, cited[0])
+    here, before = ans.claim_text(sentence), ans.claim_text(previous)
+    if here not in source:  # the model's own wording: its subject is the sentence before
+        return True
+    position = source.index(here)
+    return position > 0 and source[position - 1] == before
+
+
+def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> list[tuple[str, str]]:
+    """(sentence, why) for each sentence a reader cannot take as it stands: a lead-in ending
+    in ':' with nothing after it, an opener leaning on a sentence that is not shown, or a
+    sentence about the guide or a category rather than the subject."""
+    sentences = ans.answer_sentences(answer.text)
+    problems = []
+    for i, sentence in enumerate(sentences):
+        claim = ans.claim_text(sentence)
+        following = sentences[i + 1] if i + 1 < len(sentences) else ""
+        if claim.endswith(":") and not _LIST_ITEM.match(following):
+            problems.append((sentence, "a lead-in with nothing after it"))
+        elif LEANING_OPENER.match(claim) and not (
+            i and _follows_in_source(answer, sentences[i - 1], sentence)
+        ):
+            problems.append((sentence, "leans on a sentence that is not shown"))
+        elif not about_the_guide_ok and ABOUT_THE_GUIDE.search(claim):
+            problems.append((sentence, "about the guide, not the subject"))
+    return problems
+
+
+def _in_sections(title: str, sections: tuple[str, ...]) -> bool:
+    return any(title == s or title.startswith(s + " › ") for s in sections)
+
+
+def off_topic_sentences(answer: ans.Answer, sections: tuple[str, ...]) -> list[str]:
+    """Sentences whose cited sections are none of the sections that answer the question."""
+    if not sections:
+        return []
+    titles = {c.n: c.passage.chunk.title for c in answer.citations}
+    return [
+        sentence for sentence in ans.answer_sentences(answer.text)
+        if not any(_in_sections(titles.get(n, ""), sections) for n in ans.cited_numbers(sentence))
+    ]
+
+
+def answer_words(answer: ans.Answer) -> int:
+    return len(ans.CITATION_MARKERS.sub("", answer.text).split())
+
+
+@dataclass
+class ContentReport:
+    """What the answers told the user, over the in-scope rows that carry nuggets/sections."""
+
+    nugget_rows: int = 0
+    nugget_recall: float = 0.0
+    complete_answers: float = 0.0
+    broken_sentences: int = 0
+    off_topic_per_answer: float = 0.0
+    mean_answer_words: float = 0.0
+    problems: list[dict] = field(default_factory=list)
+
+
+def _talks_about_the_guide(row: EvalRow) -> bool:
+    return "guide" in row.question.lower() or any(s.startswith("About this guide") for s in row.sections)
+
+
+def _judge_one(row: EvalRow, answer: ans.Answer, report: ContentReport) -> tuple[float | None, int | None]:
+    """Adds the row's problems to `report`; returns its nugget recall and off-topic count
+    (None where the row has no nuggets, or no sections, or the answer was declined)."""
+    recall = None
+    if row.nuggets:
+        stated = stated_nuggets(answer.text if answer.answerable else "", row.nuggets)
+        recall = sum(stated) / len(stated)
+        missing = [list(n) for n, ok in zip(row.nuggets, stated, strict=True) if not ok]
+        if missing:
+            report.problems.append({"question": row.question, "problem": "nuggets", "missing": missing})
+    if not answer.answerable:
+        return recall, None
+    for sentence, why in broken_sentences(answer, _talks_about_the_guide(row)):
+        report.broken_sentences += 1
+        report.problems.append({"question": row.question, "problem": "broken", "sentence": sentence,
+                                "why": why})
+    if not row.sections:
+        return recall, None
+    strays = off_topic_sentences(answer, row.sections)
+    report.problems += [{"question": row.question, "problem": "off-topic", "sentence": s} for s in strays]
+    return recall, len(strays)
+
+
+def judge_content(pairs: list[tuple[EvalRow, ans.Answer]]) -> ContentReport:
+    """Nuggets, broken and off-topic sentences and length over the in-scope rows. A declined
+    in-scope question stated none of its nuggets."""
+    report = ContentReport()
+    recalls, off_topic, words = [], [], []
+    for row, answer in pairs:
+        if not row.answerable:
+            continue
+        recall, strays = _judge_one(row, answer, report)
+        if recall is not None:
+            recalls.append(recall)
+        if strays is not None:
+            off_topic.append(strays)
+        if answer.answerable:
+            words.append(answer_words(answer))
+    report.nugget_rows = len(recalls)
+    report.nugget_recall = statistics.fmean(recalls) if recalls else 0.0
+    report.complete_answers = sum(r == 1.0 for r in recalls) / max(len(recalls), 1)
+    report.off_topic_per_answer = statistics.fmean(off_topic) if off_topic else 0.0
+    report.mean_answer_words = statistics.fmean(words) if words else 0.0
+    return report
+
+
 @dataclass
 class AnswerReport:
     questions: int
@@ -202,6 +353,7 @@ class AnswerReport:
     first_token_ms_p50: float
     total_ms_p50: float
     total_ms_p95: float
+    content: ContentReport = field(default_factory=ContentReport)
     failures: list[dict] = field(default_factory=list)
 
 
@@ -220,8 +372,10 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
     first, total = [], []
     failures = []
     embedder = assistant.retriever.embedder
+    pairs = []
     for row in rows:
         answer = assistant.ask(row.question, list(row.history))
+        pairs.append((row, answer))
         first.append(answer.timings["first_token_ms"])
         total.append(answer.timings["total_ms"])
         if row.answerable:
@@ -238,7 +392,7 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
             valid += 1
         else:
             failures.append({"question": row.question, "problem": "citation", "answer": answer.text})
-        evidence = ans.EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+        evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
         for sentence in ans.answer_sentences(answer.text):
             sentences += 1
             supported += ans.verify_sentence(sentence, evidence, embedder).supported
@@ -261,5 +415,6 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
         first_token_ms_p50=percentile(first, 50),
         total_ms_p50=percentile(total, 50),
         total_ms_p95=percentile(total, 95),
+        content=judge_content(pairs),
         failures=failures,
     )

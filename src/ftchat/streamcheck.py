@@ -19,6 +19,7 @@ from __future__ import annotations
 from . import answer as ans
 from .chunking import SENTENCE_END
 from .embedding import Embedder
+from .evidence import Evidence, EvidenceSet
 
 # Sentences in a row that may fail verification before generation is abandoned; a sentence
 # counts as failed as soon as it holds a word no source allows. Replaying the model's
@@ -31,7 +32,7 @@ GIVE_UP_AFTER = 2
 class StreamCheck:
     """Verifies a model's answer sentence by sentence as its text arrives."""
 
-    def __init__(self, evidence: ans.EvidenceSet, embedder: Embedder) -> None:
+    def __init__(self, evidence: EvidenceSet, embedder: Embedder) -> None:
         self.evidence = evidence
         self.embedder = embedder
         self.pieces: list[str] = []  # what the reader was shown, in order
@@ -57,7 +58,7 @@ class StreamCheck:
             else:
                 self._failed_in_a_row += 1
         # The sentence still being written may already be sure to fail.
-        doomed = bool(self._buffer.strip()) and not self.evidence.can_still_pass(self._buffer)
+        doomed = bool(self._buffer.strip()) and not self.evidence.can_still_pass(ans.claim_text(self._buffer))
         if self._failed_in_a_row + doomed >= GIVE_UP_AFTER:
             # The model has drifted from its evidence; what it writes next is dropped too,
             # so the caller should stop paying for it.
@@ -94,7 +95,7 @@ class StreamCheck:
         self.pieces.append(("" if len(self._kept) == 1 else " ") + f"{verdict.text} [{verdict.n}]")
         return self.pieces[-1]
 
-    def _missing_lead(self) -> ans.Evidence | None:
+    def _missing_lead(self) -> Evidence | None:
         """The top-ranked section should be cited: when the kept sentences all came from
         lower-ranked sources, its best evidence sentence, if it is about as relevant as the
         best evidence (not a near miss)."""

@@ -1,0 +1,124 @@
+"""Choosing the answer's sentences for the question (real bundled embedder, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftchat import answer as ans
+from ftchat.chunking import Chunk
+from ftchat.evidence import (
+    WORD_BUDGET,
+    EvidenceSet,
+    passage_units,
+    question_kind,
+    select_evidence,
+)
+from ftchat.retrieval import Passage
+
+STRATEGY = (
+    "Choosing a fine-tuning strategy can follow a short decision guide based on your main constraint:\n\n"
+    "- Little data or limited compute: use PEFT, usually LoRA.\n"
+    "- Lots of data and ample compute: consider full fine-tuning.\n"
+    "- A smaller model for deployment: use knowledge distillation.\n\n"
+    "If prompting already meets the quality bar, no fine-tuning may be needed at all."
+)
+LAYERWISE = (
+    "Layer-wise fine-tuning trains only some layers of the network and keeps the rest frozen. "
+    "It sits between feature extraction, where only a head is trained, and full fine-tuning. "
+    "The top layers are usually the ones unfrozen, because they hold the most task-specific features."
+)
+OPTIMIZERS = (
+    "The optimizer is the algorithm that turns gradients into weight updates. "
+    "AdamW, Adam with decoupled weight decay, is the default for fine-tuning transformers; "
+    "SGD with momentum, Adafactor and 8-bit Adam are common alternatives when memory is short."
+)
+OVERVIEW = "This category covers the optimizer, the learning-rate schedule and numeric precision."
+
+
+def passage(path: tuple[str, ...], text: str, rank: int = 1, dense: float = 0.6) -> Passage:
+    return Passage(Chunk(f"c{rank}", "corpus/x.md", path, "line 1", text), 1.0 / rank, rank, dense, 1.0)
+
+
+@pytest.mark.parametrize("question, kind", [
+    ("What is QLoRA?", "definition"),
+    ("Which optimizers are commonly chosen for fine-tuning?", "list"),
+    ("What tools can I use to track my experiments?", "list"),
+    ("How do I choose a fine-tuning strategy?", "how_to"),
+    ("Why use a learning-rate warmup?", "why"),
+    ("What is the difference between LoRA and QLoRA?", "comparison"),
+    ("my model forgot everything after fine-tuning, what now?", "symptom"),
+    ("Is DPO an RL method?", "yes_no"),
+    ("Can I use a different tokenizer than the pretrained one?", "how_to"),  # "different" is no comparison
+])
+def test_question_kinds(question: str, kind: str) -> None:
+    assert question_kind(question) == kind
+
+
+def test_a_lead_in_is_one_unit_with_its_list_and_never_alone() -> None:
+    units = passage_units(passage(("Strategies", "Choosing a strategy"), STRATEGY))
+    assert units[0].text.startswith("Choosing a fine-tuning strategy") and units[0].is_list
+    assert units[0].text.count("\n- ") == 3
+    assert units[1].text.startswith("If prompting")
+    dangling = passage(("S", "T"), "Adapters come in three families:\n\nThey differ in where they sit.")
+    assert [u.text for u in passage_units(dangling)] == ["They differ in where they sit."]
+
+
+def test_a_list_question_gets_the_list(embedder) -> None:
+    p = passage(("Strategies", "Choosing a strategy"), STRATEGY)
+    evidence = select_evidence("How should I choose a fine-tuning strategy?", [p], embedder)
+    text = ans.extractive_answer(evidence)
+    assert "- Little data or limited compute: use PEFT" in text
+    assert "\n- A smaller model for deployment" in text
+
+
+def test_a_leaning_sentence_comes_with_its_predecessor_or_not_at_all(embedder) -> None:
+    p = passage(("Strategies", "Layer-wise fine-tuning"), LAYERWISE)
+    question = "Where does it sit between feature extraction and full fine-tuning?"
+    evidence = select_evidence(question, [p], embedder)
+    sentences = [e.sentence for e in evidence.items]
+    assert any(s.startswith("It sits between") for s in sentences)
+    assert sentences.index(next(s for s in sentences if s.startswith("It sits"))) > 0
+    assert sentences[0].startswith("Layer-wise fine-tuning trains")
+
+
+def test_the_sentence_that_names_the_items_answers_a_which_question(embedder) -> None:
+    overview = passage(("Key concepts", "Model configuration"), OVERVIEW, rank=1, dense=0.55)
+    term = passage(("Key concepts", "Model configuration", "Optimizers"), OPTIMIZERS, rank=2, dense=0.5)
+    question = "Which optimizers are commonly chosen for fine-tuning?"
+    evidence = select_evidence(question, [overview, term], embedder)
+    text = ans.extractive_answer(evidence)
+    assert "AdamW" in text
+    assert "This category" not in text  # a category overview never answers when its term section does
+
+
+def test_answer_length_follows_the_question(embedder) -> None:
+    long_section = " ".join([LAYERWISE, OPTIMIZERS, LAYERWISE.replace("Layer-wise", "Partial"), OPTIMIZERS])
+    p = passage(("Strategies", "Layer-wise fine-tuning"), long_section)
+
+    def words(question: str) -> int:
+        return sum(len(e.sentence.split()) for e in select_evidence(question, [p], embedder).items)
+
+    assert words("What is layer-wise fine-tuning?") <= WORD_BUDGET["definition"]
+    assert words("What is layer-wise fine-tuning?") < words("Which optimizers and layers can I train?")
+
+
+def test_declines_name_only_sections_that_come_close() -> None:
+    far = passage(("Key concepts", "Mixed precision training"), "Mixed precision ...", dense=0.14)
+    near = passage(("Key concepts", "Regularization"), "Dropout ...", rank=2, dense=0.28)
+    assert ans.closest_sections([far], threshold=0.307) == []
+    assert ans.declined_text([]) == ans.NOT_COVERED
+    assert [p.chunk.title for p in ans.closest_sections([near, far], threshold=0.307)] == [
+        "Key concepts › Regularization"]
+
+
+def test_model_sentences_that_echo_the_question_or_flip_the_evidence_are_rejected(embedder) -> None:
+    p = passage(("Key concepts", "Causal language modeling (CLM)"), "Causal language modeling trains a "
+                "model to predict the next token from the tokens before it.")
+    evidence = select_evidence("What is causal language modeling?", [p], embedder)
+    assert isinstance(evidence, EvidenceSet) and evidence.items
+    faithful = "Causal language modeling trains a model to predict the next token. [1]"
+    assert ans.verify_sentence(faithful, evidence, embedder).supported
+    echo = "What is causal language modeling? [1]"
+    assert not ans.verify_sentence(echo, evidence, embedder).supported
+    flipped = "Causal language modeling trains a model rather than the tokens before it. [1]"
+    assert not ans.verify_sentence(flipped, evidence, embedder).supported
