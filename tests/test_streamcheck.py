@@ -25,11 +25,10 @@ LORA_2 = ("Only a tiny fraction of the parameters is updated, so the adapter fil
           "megabytes and several adapters can share one base model.")
 INVENTED = "LoRA was invented by a bakery in Paris to sell croissants."
 INVENTED_2 = "Bakers in Lyon prefer sourdough croissants with jam."
-# Evidence from two sections: the quantization section ranks first, LoRA second.
-TWO_SECTIONS_Q = "How does quantization save memory when fine-tuning with LoRA?"
-GPTQ = ("GPTQ quantizes a model layer by layer using second-order information, and QLoRA trains "
-        "LoRA adapters on top of a 4-bit quantized base model, which cuts memory use enough to "
-        "fine-tune on a single consumer GPU.")
+# Evidence from two sections (a comparison brings both sides): quantization ranks first,
+# LoRA second, and the quantization section's best sentence is QUANTIZATION.
+TWO_SECTIONS_Q = "What is the difference between quantization and LoRA?"
+QUANTIZATION = "Post-training quantization stores weights in 8 or 4 bits."
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +128,12 @@ def test_a_finished_tail_is_judged(lora) -> None:
 
 def test_the_top_section_is_cited_when_the_model_cites_only_others(assistant) -> None:
     evidence = evidence_for(assistant, TWO_SECTIONS_Q)
-    assert {e.n for e in evidence.items} == {1, 2} and ans.lead_evidence(evidence).sentence == GPTQ
+    assert {e.n for e in evidence.items} == {1, 2} and ans.lead_evidence(evidence).sentence == QUANTIZATION
     check = StreamCheck(evidence, assistant.retriever.embedder)
-    assert run(check, LORA_1) == [f"{LORA_1} [2]", f" {GPTQ} [1]"]
+    assert run(check, LORA_1) == [f"{LORA_1} [2]", f" {QUANTIZATION} [1]"]
     # Citing the top section already, the answer gets nothing added.
     check = StreamCheck(evidence, assistant.retriever.embedder)
-    assert run(check, GPTQ) == [f"{GPTQ} [1]"]
+    assert run(check, QUANTIZATION) == [f"{QUANTIZATION} [1]"]
 
 
 def test_nothing_is_added_when_nothing_was_kept(assistant) -> None:
@@ -192,7 +191,7 @@ def test_a_tail_cut_off_by_max_new_tokens_is_dropped(monkeypatch, assistant) -> 
 
 def test_the_lead_section_is_cited_in_the_answer(monkeypatch, assistant) -> None:
     answer, _ = ask(monkeypatch, assistant, f"{LORA_1} [1]", question=TWO_SECTIONS_Q)
-    assert answer.text == f"{LORA_1} [2] {GPTQ} [1]"
+    assert answer.text == f"{LORA_1} [2] {QUANTIZATION} [1]"
     assert [c.n for c in answer.citations] == [1, 2]
 
 

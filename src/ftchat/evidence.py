@@ -45,9 +45,6 @@ GENERIC_WORDS = frozenset(
 )
 NEAR_DUPLICATE = 0.85
 LEAD_BONUS = 0.08
-# How far below the lead a sentence of the answering section may score and still join
-# (the word budget is what usually stops it), and a sentence of another section.
-SAME_SECTION_MARGIN = 0.35
 MAX_PASSAGES = 5
 
 # Openers that lean on the sentence before them.
@@ -359,12 +356,12 @@ def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: s
     for i in order:
         unit = units[i]
         same_section = unit.passage.chunk.title in sides
-        if same_section and scores[i] >= lead_score - SAME_SECTION_MARGIN:
+        if same_section:  # the answering section's units join by relevance until the budget
             chooser.add(i)
-        elif not same_section and kind == "comparison" and len(sides) < 2 and scores[i] >= lead_score - 0.15:
+        elif kind == "comparison" and len(sides) < 2 and scores[i] >= lead_score - 0.15:
             if chooser.add(i):
                 sides.add(unit.passage.chunk.title)
-        elif not same_section and scores[i] >= lead_score - 0.05:
+        elif scores[i] >= lead_score - 0.05:
             covered = set().union(*(set(tokenize(units[j].text)) for j in chooser.chosen))
             if (set(tokenize(unit.text)) & question_terms) - covered:  # a fact the others lack
                 chooser.add(i)
