@@ -396,6 +396,9 @@ def test_launch_prints_the_warning_to_stderr_and_passes_auth(monkeypatch, capsys
     assert calls["auth"] == ("alice", "s3cret")
 
     monkeypatch.delenv("FTCHAT_AUTH")
+    serve.launch(Settings().with_overrides(auth=("bob", "pw")), host="0.0.0.0", port=1)  # set in code
+    assert "WARNING" not in capsys.readouterr().err and calls["auth"] == ("bob", "pw")
+
     serve.launch(Settings(), port=1)
     assert "WARNING" not in capsys.readouterr().err and calls["server_name"] == Settings().host
 

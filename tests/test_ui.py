@@ -147,28 +147,6 @@ def test_app_py_gives_the_same_one_line_error_as_ftchat_serve():
         "Error: Invalid value for --auth: credentials must look like user:password (both parts non-empty)")
 
 
-def test_launch_asks_for_the_credentials_in_settings(monkeypatch, capsys):
-    from ftchat import serve
-    from ftchat.config import Settings
-
-    calls: dict = {}
-
-    class FakeDemo:
-        local_url = "http://0.0.0.0:1/"
-
-        def launch(self, **kwargs):
-            calls.update(kwargs)
-
-        def block_thread(self):
-            pass
-
-    monkeypatch.setattr(serve, "prepare_page", lambda settings: (FakeDemo(), {}))
-    monkeypatch.delenv("FTCHAT_AUTH", raising=False)
-    serve.launch(Settings().with_overrides(auth=("alice", "s3cret")), host="0.0.0.0", port=1)
-    assert calls["auth"] == ("alice", "s3cret")
-    assert "WARNING" not in capsys.readouterr().err
-
-
 def test_serve_takes_auth_from_settings_and_auth_overrides_it(monkeypatch):
     from click.testing import CliRunner
 
