@@ -283,8 +283,13 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
     if as_json:
         _print_json(report)
         return
+    _print_eval_table(report, len(rows))
+
+
+def _print_eval_table(report: dict, questions: int) -> None:
+    """The eval report as the Markdown table the README shows."""
     r = report["retrieval"]
-    click.echo(f"Eval set: {report['eval_file']} ({len(rows)} questions), model {report['model']}")
+    click.echo(f"Eval set: {report['eval_file']} ({questions} questions), model {report['model']}")
     click.echo("| metric | value |\n|---|---|")
     click.echo(f"| retrieval recall@1 | {r['recall_at_1']:.3f} |")
     click.echo(f"| retrieval recall@5 | {r['recall_at_5']:.3f} |")
@@ -297,25 +302,28 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
         click.echo(f"| gate in/out-of-scope accuracy, {cv['folds']}-fold cross-validated | "
                    f"{cv['in_scope_accuracy']:.1%} / {cv['out_of_scope_accuracy']:.1%} |")
     if "answers" in report:
-        a = report["answers"]
-        click.echo(f"| in-scope questions answered | {a['in_scope_answered']:.1%} |")
-        click.echo(f"| out-of-scope questions declined | {a['out_of_scope_declined']:.1%} |")
-        click.echo(f"| citation validity | {a['citation_validity']:.1%} |")
-        click.echo(f"| answer sentences supported by evidence | {a['support_rate']:.1%} |")
-        click.echo(f"| model sentences kept after verification | {a['model_sentences_kept']:.1%} |")
-        click.echo(f"| extractive fallback rate | {a['extractive_rate']:.1%} |")
-        c = a["content"]
-        if c["nugget_rows"]:
-            click.echo(f"| nugget recall / complete answers ({c['nugget_rows']} rows with nuggets) | "
-                       f"{c['nugget_recall']:.3f} / {c['complete_answers']:.1%} |")
-        click.echo(f"| broken sentences (dangling lead-in or pronoun, about the guide) | "
-                   f"{c['broken_sentences']} |")
-        click.echo(f"| off-topic sentences per answer | {c['off_topic_per_answer']:.2f} |")
-        click.echo(f"| answer length, mean | {c['mean_answer_words']:.0f} words |")
-        click.echo(f"| first token, median | {a['first_token_ms_p50']:.0f} ms |")
-        click.echo(f"| answer time, median / p95 | {a['total_ms_p50']:.0f} / {a['total_ms_p95']:.0f} ms |")
+        _print_answer_rows(report["answers"])
     for miss in r["misses"]:
         click.echo(f"retrieval miss: {miss}", err=True)
+
+
+def _print_answer_rows(a: dict) -> None:
+    click.echo(f"| in-scope questions answered | {a['in_scope_answered']:.1%} |")
+    click.echo(f"| out-of-scope questions declined | {a['out_of_scope_declined']:.1%} |")
+    click.echo(f"| citation validity | {a['citation_validity']:.1%} |")
+    click.echo(f"| answer sentences supported by evidence | {a['support_rate']:.1%} |")
+    click.echo(f"| model sentences kept after verification | {a['model_sentences_kept']:.1%} |")
+    click.echo(f"| extractive fallback rate | {a['extractive_rate']:.1%} |")
+    c = a["content"]
+    if c["nugget_rows"]:
+        click.echo(f"| nugget recall / complete answers ({c['nugget_rows']} rows with nuggets) | "
+                   f"{c['nugget_recall']:.3f} / {c['complete_answers']:.1%} |")
+    click.echo(f"| broken sentences (dangling lead-in or pronoun, about the guide) | "
+               f"{c['broken_sentences']} |")
+    click.echo(f"| off-topic sentences per answer | {c['off_topic_per_answer']:.2f} |")
+    click.echo(f"| answer length, mean | {c['mean_answer_words']:.0f} words |")
+    click.echo(f"| first token, median | {a['first_token_ms_p50']:.0f} ms |")
+    click.echo(f"| answer time, median / p95 | {a['total_ms_p50']:.0f} / {a['total_ms_p95']:.0f} ms |")
 
 
 @main.command()
