@@ -124,3 +124,22 @@ def test_model_sentences_that_echo_the_question_or_flip_the_evidence_are_rejecte
     assert not ans.verify_sentence(echo, evidence, embedder).supported
     flipped = "Causal language modeling trains a model rather than the tokens before it. [1]"
     assert not ans.verify_sentence(flipped, evidence, embedder).supported
+
+
+def test_the_top_ranked_section_keeps_its_best_sentence_when_another_leads() -> None:
+    import numpy as np
+
+    from ftchat.evidence import FAVOURITE_MARGIN, Unit, _choose
+
+    favourite = passage(("Key concepts", "Full fine-tuning"), "x", rank=1)
+    closer = passage(("Key concepts", "Optimizers"), "y", rank=2)
+    units = [Unit(favourite, 0, "Full fine-tuning usually uses AdamW."),
+             Unit(favourite, 1, "Each version is stored as a full copy."),
+             Unit(closer, 0, "AdamW is the default optimizer for transformers.")]
+    vectors = np.eye(3, dtype=np.float32)  # no two units are near-duplicates
+
+    def chosen(favourite_score: float) -> list[int]:
+        return sorted(_choose(units, vectors, [favourite_score, 0.1, 0.9], "other", set()))
+
+    assert chosen(0.9 - FAVOURITE_MARGIN / 2) == [0, 2]  # its best unit joins, not the whole section
+    assert chosen(0.9 - FAVOURITE_MARGIN * 3) == [2]  # too far below the lead: left out

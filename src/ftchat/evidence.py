@@ -49,6 +49,7 @@ LEAD_BONUS = 0.08
 # above the lead and names a question term the chosen units lack: on eval.jsonl a looser
 # rule mostly brought in neighbouring sections' filler.
 OTHER_SECTION_MARGIN = 0.05
+FAVOURITE_MARGIN = 0.2
 MAX_PASSAGES = 5
 
 # Openers that lean on the sentence before them.
@@ -358,6 +359,12 @@ def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: s
     lead = next(i for i in order if chooser.add(i, force=True))
     lead_score = scores[lead]
     sides = {units[lead].passage.chunk.title}
+    # When another section leads, the fused ranking's favourite still gets its best unit
+    # in: of two sections that both look right, one of them usually is.
+    favourite = next(i for i in order if units[i].passage.rank == top)
+    close = scores[favourite] >= lead_score - FAVOURITE_MARGIN
+    if close and units[favourite].passage.chunk.title not in sides:
+        chooser.add(favourite)
     for i in order:
         unit = units[i]
         same_section = unit.passage.chunk.title in sides
