@@ -36,9 +36,6 @@ def test_qlora_answer_is_cited_from_the_qlora_sections(assistant) -> None:
     assert answer.timings["retrieve_ms"] <= answer.timings["first_token_ms"] <= answer.timings["total_ms"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regressed by question-aware evidence: the top-ranked 'What LLM fine-tuning is' section now "
-    "fills the word budget and the paraphrasing section (ranked 3rd) is no longer cited; see issue 13"))
 def test_rare_question_words_outweigh_common_ones_in_evidence(assistant) -> None:
     # "write additional training examples" is what the question is about; "LLM",
     # "fine-tuning" and "dataset" are in half the guide. Counting every shared word the

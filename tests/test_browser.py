@@ -127,7 +127,9 @@ def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
 
 
 def test_out_of_scope_question_offers_closest_sections(page):
-    ask(page, "What is the capital of France?")
+    # A near miss: declined, with sections that come close (a question far from the guide,
+    # "What is the capital of France?", gets none; see test_answer.py).
+    ask(page, "How do I tune the strings of my guitar?")
     assert "doesn't cover" in last_answer(page)
     assert page.locator("#ft-sources details[open] .src-card").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "browser-out-of-scope.png"))
