@@ -103,7 +103,9 @@ def test_out_of_scope_question_is_declined(client):
     assert final["mode"] == "declined"
     assert "doesn't cover" in final["answer"]
     assert final["citations"] == []
-    assert final["passages"], "closest sections should be offered"
+    assert final["passages"] == [], "nothing in the guide comes close: no sections offered"
+    _, near = ask(client, "How do I tune the strings of my guitar?")
+    assert near["answerable"] is False and near["passages"], "a near miss offers the closest sections"
 
 
 def test_empty_question_is_a_readable_error_and_the_app_keeps_working(client):
