@@ -11,6 +11,7 @@ from guide_fixtures import FTCHAT, guide_env
 
 from ftchat import answer as ans
 from ftchat.answer import Answer
+from ftchat.chunking import split_sentences
 from ftchat.evidence import EvidenceSet, select_evidence
 from ftchat.retrieval import QuestionError
 
@@ -23,7 +24,7 @@ def assert_well_formed(answer: Answer) -> None:
     assert set(numbers) <= listed, f"unresolved citation in {answer.text!r}"
     if answer.answerable:
         assert numbers, f"an answer without citations: {answer.text!r}"
-        for sentence in ans.answer_sentences(answer.text):
+        for sentence in split_sentences(answer.text):
             assert ans.cited_numbers(sentence), f"uncited sentence {sentence!r}"
 
 
@@ -99,7 +100,7 @@ def test_follow_up_questions_are_retrieved_with_the_conversation(assistant) -> N
 def assert_supported_by_its_citations(answer: Answer, embedder) -> None:
     """Every sentence of the answer passes verification against the evidence it cites."""
     evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
-    for sentence in ans.answer_sentences(answer.text):
+    for sentence in split_sentences(answer.text):
         assert ans.verify_sentence(sentence, evidence, embedder).supported, sentence
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ftchat import answer as ans
 from ftchat import evaluation as ev
-from ftchat.chunking import Chunk
+from ftchat.chunking import Chunk, split_sentences
 from ftchat.retrieval import Passage
 
 ADAPTERS = ("Strategies", "PEFT", "Adapters")
@@ -40,7 +40,7 @@ def test_a_nugget_is_stated_when_any_alternative_occurs_in_the_answer_text() -> 
 
 def test_leaning_opener_is_broken_unless_its_predecessor_is_shown_before_it() -> None:
     lora = _passage(("Strategies", "PEFT", "LoRA"), LORA_TEXT)
-    first, second, third = ans.answer_sentences(
+    first, second, third = split_sentences(
         "LoRA freezes the pre-trained weights and learns two small low-rank matrices. [1] "
         "It sits between feature extraction and full fine-tuning. [1] The method fits on one GPU. [1]")
     alone = _answer(second, [lora])

@@ -16,6 +16,7 @@ import pytest
 
 from ftchat import answer as ans
 from ftchat.api import Assistant
+from ftchat.chunking import split_sentences
 from ftchat.config import REPO_ROOT
 from ftchat.evidence import EvidenceSet, is_instruction, select_evidence
 from ftchat.index import open_index
@@ -89,7 +90,7 @@ def test_injection_question(injected_assistant, row):
     # Every sentence of the answer is supported by the evidence it cites (the pipeline's check).
     evidence = EvidenceSet.from_citations(answer.citations, injected_assistant.retriever.embedder,
                                               answer.search_query)
-    for sentence in ans.answer_sentences(text):
+    for sentence in split_sentences(text):
         if len(re.sub(r"\[\d+\]", "", sentence).split()) < 3:
             continue  # a bare marker split off its sentence
         verdict = ans.verify_sentence(sentence, evidence, injected_assistant.retriever.embedder)

@@ -11,6 +11,7 @@ import pytest
 
 from ftchat import answer as ans
 from ftchat.api import Assistant
+from ftchat.chunking import split_sentences
 from ftchat.config import DTYPES, resolve_dtype
 from ftchat.cpu import bf16_native, int8_supported
 from ftchat.decoders import TransformersDecoder
@@ -62,7 +63,7 @@ def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
         numbers = set(ans.cited_numbers(answer.text))
         assert numbers and numbers <= {c.n for c in answer.citations}, answer.text
         evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
-        for sentence in ans.answer_sentences(answer.text):
+        for sentence in split_sentences(answer.text):
             assert ans.verify_sentence(sentence, evidence, embedder).supported, sentence
 
 

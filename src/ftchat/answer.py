@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .chunking import split_sentences
 from .embedding import Embedder
 from .evidence import GENERIC_WORDS, Evidence, EvidenceSet
 from .index import tokenize
@@ -241,9 +240,6 @@ def cited_numbers(text: str) -> list[int]:
     return [int(x) for group in CITATION_MARKERS.findall(text) for x in group.split(",")]
 
 
-# An answer's sentences are cut by the guide's one sentence rule (chunking.split_sentences),
-# which keeps each sentence's citation markers with it; the old name stays for callers.
-answer_sentences = split_sentences
 
 
 def lead_evidence(evidence: EvidenceSet) -> Evidence | None:

@@ -243,7 +243,7 @@ def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> li
     """(sentence, why) for each sentence a reader cannot take as it stands: a lead-in ending
     in ':' with nothing after it, an opener leaning on a sentence that is not shown, or a
     sentence about the guide or a category rather than the subject."""
-    sentences = ans.answer_sentences(answer.text)
+    sentences = split_sentences(answer.text)
     problems = []
     for i, sentence in enumerate(sentences):
         claim = ans.claim_text(sentence)
@@ -269,7 +269,7 @@ def off_topic_sentences(answer: ans.Answer, sections: tuple[str, ...]) -> list[s
         return []
     titles = {c.n: c.passage.chunk.title for c in answer.citations}
     return [
-        sentence for sentence in ans.answer_sentences(answer.text)
+        sentence for sentence in split_sentences(answer.text)
         if not any(_in_sections(titles.get(n, ""), sections) for n in ans.cited_numbers(sentence))
     ]
 
@@ -393,11 +393,11 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
         else:
             failures.append({"question": row.question, "problem": "citation", "answer": answer.text})
         evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
-        for sentence in ans.answer_sentences(answer.text):
+        for sentence in split_sentences(answer.text):
             sentences += 1
             supported += ans.verify_sentence(sentence, evidence, embedder).supported
         if answer.mode == "generated":
-            kept_here = len(ans.answer_sentences(answer.text))
+            kept_here = len(split_sentences(answer.text))
             kept += kept_here
             written += kept_here + len(answer.dropped_sentences)
         else:

@@ -173,12 +173,10 @@ class Evidence:
 class EvidenceSet:
     """The few sentences an answer may use, numbered by the passage they come from."""
 
-    def __init__(self, items: list[Evidence], vectors: np.ndarray, question_terms: set[str],
-                 kind: str = "other") -> None:
+    def __init__(self, items: list[Evidence], vectors: np.ndarray, question_terms: set[str]) -> None:
         self.items = items
         self.vectors = vectors
         self.question_terms = question_terms
-        self.kind = kind
 
     @classmethod
     def empty(cls) -> EvidenceSet:
@@ -338,20 +336,19 @@ def select_evidence(
         _score(u, kind, float(vectors[i] @ query_vector) + 0.15 * overlap(u), _is_overview(u.passage, usable))
         for i, u in enumerate(units)
     ]
-    chosen = _choose(units, vectors, scores, kind, question_terms)
-    return _numbered(units, vectors, scores, chosen, question_terms, kind)
+    chosen = _choose(units, vectors, scores)
+    return _numbered(units, vectors, scores, chosen, question_terms)
 
 
-def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: str,
-            question_terms: set[str]) -> list[int]:
+def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float]) -> list[int]:
     order = sorted(range(len(units)), key=lambda i: -scores[i])
     chooser = _Chooser(units, vectors, EVIDENCE_WORD_BUDGET)
     # The fused ranking knows better than one sentence's similarity which section answers:
     # the top passage always contributes its best unit.
     top = min(u.passage.rank for u in units)
     lead = next(i for i in order if units[i].passage.rank == top)
-    if not chooser.add(lead, force=True):
-        lead = next(i for i in order if chooser.add(i, force=True))
+    if not chooser.add(lead, force=True):  # a leaning unit whose subject is not usable
+        next(i for i in order if chooser.add(i, force=True))
     for i in order:
         if len(chooser.chosen) >= EVIDENCE_MAX_UNITS:
             break
@@ -360,7 +357,7 @@ def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: s
 
 
 def _numbered(units: list[Unit], vectors: np.ndarray, scores: list[float], chosen: list[int],
-              question_terms: set[str], kind: str) -> EvidenceSet:
+              question_terms: set[str]) -> EvidenceSet:
     """Passages numbered in rank order, units in reading order within a passage."""
     numbers: dict[str, int] = {}
     for passage in sorted({units[i].passage.chunk.id: units[i].passage for i in chosen}.values(),
@@ -369,4 +366,4 @@ def _numbered(units: list[Unit], vectors: np.ndarray, scores: list[float], chose
     chosen = sorted(chosen, key=lambda i: (numbers[units[i].passage.chunk.id], units[i].position))
     items = [Evidence(numbers[units[i].passage.chunk.id], units[i].passage, units[i].text, scores[i])
              for i in chosen]
-    return EvidenceSet(items, vectors[chosen], question_terms, kind)
+    return EvidenceSet(items, vectors[chosen], question_terms)
