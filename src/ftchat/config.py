@@ -22,6 +22,11 @@ def default_corpus_dir() -> Path:
     return REPO_ROOT / "corpus" if IN_CHECKOUT else SHIPPED_CORPUS
 
 
+def default_questions_file() -> Path:
+    """The guide's sample questions (questions.py): train/ in a checkout, packaged otherwise."""
+    return (REPO_ROOT / "train" if IN_CHECKOUT else PACKAGE_DIR / "train") / "questions.jsonl"
+
+
 def default_index_dir() -> Path:
     if IN_CHECKOUT:
         return REPO_ROOT / "index"
@@ -124,6 +129,10 @@ def _calibrated_threshold() -> float:
 class Settings:
     corpus_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_CORPUS_DIR", default_corpus_dir()))
     index_dir: Path = field(default_factory=lambda: _default_dir("FTCHAT_INDEX_DIR", default_index_dir()))
+    # Questions people ask about the guide's sections, indexed beside its text (questions.py).
+    questions_file: Path = field(
+        default_factory=lambda: _default_dir("FTCHAT_QUESTIONS_FILE", default_questions_file())
+    )
     cache_dir: Path = field(
         default_factory=lambda: _default_dir("FTCHAT_CACHE_DIR", Path.home() / ".cache" / "ftchat")
     )
@@ -141,6 +150,11 @@ class Settings:
     candidates: int = 30
     dense_weight: float = field(
         default_factory=lambda: _env_number("FTCHAT_DENSE_WEIGHT", "0.7", float, 0.0, 1.0)
+    )
+    # How near a section counts through its sample questions: its cosine to the question is
+    # the larger of its text's and asked_weight x its nearest sample question's.
+    asked_weight: float = field(
+        default_factory=lambda: _env_number("FTCHAT_ASKED_WEIGHT", "0.9", float, 0.0, 1.0)
     )
     top_k: int = 5
     # Answers: tokens the model may write, and the gate's threshold on the best passage's

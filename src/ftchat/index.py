@@ -3,7 +3,8 @@
 Layout of the index folder (FTCHAT_INDEX_DIR, default ./index):
 
     CURRENT            name of the live version folder, replaced atomically
-    v-<stamp>/         manifest.json, chunks.jsonl, vectors.faiss, keyword.json
+    v-<stamp>/         manifest.json, chunks.jsonl, vectors.faiss, keyword.json,
+                       questions.jsonl and questions.npy (sample questions, questions.py)
     uploads/           documents added from the page or with `ftchat index --source`
 
 A build writes a new version folder and only then points CURRENT at it, so a crash or
@@ -38,11 +39,13 @@ from .corpus import display_path, iter_files, load_sources
 from .embedding import Embedder
 from .files import file_record, fsync, is_unchanged, sha256_file, staged_folder
 from .models import get_embedder
+from .questions import SampleQuestion, load_sample_questions
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: keyword terms include joined hyphenated words, no clitics
-ARTIFACTS = ("chunks.jsonl", "vectors.faiss", "keyword.json")
+# 2: keyword terms include joined hyphenated words, no clitics; 3: sample questions
+FORMAT_VERSION = 3
+ARTIFACTS = ("chunks.jsonl", "vectors.faiss", "keyword.json", "questions.jsonl", "questions.npy")
 
 
 class IndexUnusable(Exception):
@@ -154,6 +157,9 @@ class Index:
     keyword: KeywordIndex
     manifest: dict = field(default_factory=dict)
     path: Path | None = None
+    # Sample questions of the indexed sections and their embeddings, row for row.
+    questions: list[SampleQuestion] = field(default_factory=list)
+    question_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -181,35 +187,35 @@ class Index:
         if previous is not None and previous.manifest.get("embedder") == embedder.name:
             stored = previous.vectors.reconstruct_n(0, previous.vectors.ntotal)
             known = {_text_key(c.embedding_text()): stored[i] for i, c in enumerate(previous.chunks)}
-        missing = [i for i, t in enumerate(texts) if _text_key(t) not in known]
-        fresh = embedder.encode([texts[i] for i in missing], progress=progress) if missing else None
-
-        dims = embedder.dimensions
-        matrix = np.zeros((len(texts), dims), dtype=np.float32)
-        for i, text in enumerate(texts):
-            if _text_key(text) in known:
-                matrix[i] = known[_text_key(text)]
-        if fresh is not None:
-            matrix[missing] = fresh
-        vectors = faiss.IndexFlatIP(dims)
+            keys = [_text_key(q.question) for q in previous.questions]
+            known.update(zip(keys, previous.question_vectors, strict=True))
+        questions, question_warnings = load_sample_questions(settings.questions_file)
+        titles = {c.title for c in chunks}
+        usable = [q for q in questions if q.section in titles]
+        matrix, embedded = _embed(texts, embedder, known, progress)
+        question_matrix, _ = _embed([q.question for q in usable], embedder, known, progress)
+        vectors = faiss.IndexFlatIP(embedder.dimensions)
         vectors.add(matrix)
 
         manifest = {
             "format": FORMAT_VERSION,
             "package_version": __version__,
             "embedder": embedder.name,
-            "dimensions": dims,
+            "dimensions": embedder.dimensions,
             "chunking": {"max_words": settings.chunk_max_words, "strategy": "headings"},
             "corpus_dir": str(settings.corpus_dir.resolve()),
             "extra_sources": extra_sources,
             "files": {display_path(p): file_record(p) for p in report.files},
             "chunks": len(chunks),
-            "embedded": len(missing),
-            "warnings": report.warnings,
+            "embedded": embedded,
+            "questions": _questions_record(
+                settings.questions_file, used=len(usable), dropped=len(questions) - len(usable)
+            ),
+            "warnings": report.warnings + question_warnings,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.perf_counter() - started, 3),
         }
-        return cls(chunks, vectors, KeywordIndex.build(texts), manifest)
+        return cls(chunks, vectors, KeywordIndex.build(texts), manifest, None, usable, question_matrix)
 
     # Saving and loading ------------------------------------------------------------
 
@@ -224,6 +230,10 @@ class Index:
                     handle.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
             faiss.write_index(self.vectors, str(staging / "vectors.faiss"))
             (staging / "keyword.json").write_text(json.dumps(self.keyword.to_json()), encoding="utf-8")
+            with (staging / "questions.jsonl").open("w", encoding="utf-8") as handle:
+                for question in self.questions:
+                    handle.write(json.dumps(question.to_json(), ensure_ascii=False) + "\n")
+            np.save(staging / "questions.npy", self.question_vectors, allow_pickle=False)
             self.manifest["artifacts"] = {a: sha256_file(staging / a) for a in ARTIFACTS}
             (staging / "manifest.json").write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
         pointer = index_dir / "CURRENT.tmp"
@@ -257,13 +267,18 @@ class Index:
             vectors = faiss.read_index(str(folder / "vectors.faiss"))
             keyword_data = json.loads((folder / "keyword.json").read_text(encoding="utf-8"))
             keyword = KeywordIndex.from_json(keyword_data)
+            with (folder / "questions.jsonl").open(encoding="utf-8") as handle:
+                questions = [SampleQuestion(**json.loads(line)) for line in handle if line.strip()]
+            question_vectors = np.load(folder / "questions.npy", allow_pickle=False)
         except IndexUnusable:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise IndexUnusable(f"index in {folder} is unreadable ({type(exc).__name__}: {exc})") from exc
         if vectors.ntotal != len(chunks) or len(keyword.doc_lengths) != len(chunks):
             raise IndexUnusable(f"index in {folder} is inconsistent (chunk and vector counts differ)")
-        return cls(chunks, vectors, keyword, manifest, folder)
+        if len(question_vectors) != len(questions):
+            raise IndexUnusable(f"index in {folder} is inconsistent (question and vector counts differ)")
+        return cls(chunks, vectors, keyword, manifest, folder, questions, question_vectors)
 
     # Freshness ---------------------------------------------------------------------
 
@@ -278,6 +293,8 @@ class Index:
             return "chunking parameters changed"
         if m.get("corpus_dir") != str(settings.corpus_dir.resolve()):
             return "corpus folder changed"
+        if not _same_questions(m.get("questions", {}), settings.questions_file):
+            return f"sample questions changed ({display_path(settings.questions_file)})"
         recorded: dict = m.get("files", {})
         current = {display_path(p): p for p in iter_files([s for s in sources if s.exists()])}
         if set(recorded) != set(current):
@@ -288,6 +305,32 @@ class Index:
             if not is_unchanged(path, recorded[name]):
                 return f"{name} changed"
         return None
+
+
+def _embed(texts: list[str], embedder: Embedder, known: dict[str, np.ndarray],
+           progress: bool) -> tuple[np.ndarray, int]:
+    """Vectors for texts, re-using known ones (by text); also how many had to be embedded."""
+    missing = [i for i, t in enumerate(texts) if _text_key(t) not in known]
+    matrix = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
+    for i, text in enumerate(texts):
+        if _text_key(text) in known:
+            matrix[i] = known[_text_key(text)]
+    if missing:
+        matrix[missing] = embedder.encode([texts[i] for i in missing], progress=progress)
+    return matrix, len(missing)
+
+
+def _questions_record(path: Path, used: int, dropped: int) -> dict:
+    record = {"file": display_path(path), "used": used, "dropped": dropped}
+    return {**record, **file_record(path)} if path.is_file() else record
+
+
+def _same_questions(recorded: dict, path: Path) -> bool:
+    if recorded.get("file") != display_path(path):
+        return False
+    if not path.is_file():
+        return "sha256" not in recorded
+    return "sha256" in recorded and is_unchanged(path, recorded)
 
 
 def _remove_old_versions(index_dir: Path, keep: str) -> None:

@@ -23,6 +23,7 @@ class Passage:
     rank: int  # 1-based
     dense: float  # cosine similarity between question and chunk
     keyword: float  # BM25 score
+    asked: float = 0.0  # cosine to the nearest sample question about its section (questions.py)
 
     def to_json(self) -> dict:
         return {
@@ -35,6 +36,7 @@ class Passage:
             "score": round(self.score, 6),
             "dense_score": round(self.dense, 4),
             "keyword_score": round(self.keyword, 4),
+            "asked_score": round(self.asked, 4),
         }
 
 
@@ -52,6 +54,12 @@ class Retriever:
         self.index = index
         self.embedder = embedder
         self.settings = settings
+        titles = sorted({c.title for c in index.chunks})
+        self._title_ids = {t: i for i, t in enumerate(titles)}
+        self._chunk_title_ids = np.array([self._title_ids[c.title] for c in index.chunks], dtype=np.int64)
+        self._question_title_ids = np.array(
+            [self._title_ids[q.section] for q in index.questions], dtype=np.int64
+        )
 
     def search(self, question: str, k: int | None = None, vector: np.ndarray | None = None) -> list[Passage]:
         """The k best passages; `vector` is the question's embedding when the caller has it."""
@@ -70,13 +78,16 @@ class Retriever:
         keyword_order = np.argsort(-keyword_scores, kind="stable")[:depth]
         keyword_ranked = [int(d) for d in keyword_order if keyword_scores[d] > 0]
 
-        # Keyword-only candidates need a cosine too: the fused score and the gate use it.
-        missing_dense = [d for d in keyword_ranked if d not in dense_by_doc]
+        asked = self._asked(vector[0])
+        # The sections most like a sample question are candidates even when their text is
+        # not; keyword-only candidates and these need a cosine too: the gate uses it.
+        asked_ranked = [int(d) for d in np.argsort(-asked, kind="stable")[:depth] if asked[d] > 0]
+        missing_dense = [d for d in dict.fromkeys(keyword_ranked + asked_ranked) if d not in dense_by_doc]
         if missing_dense:
             stored = np.stack([self.index.vectors.reconstruct(d) for d in missing_dense])
             for d, s in zip(missing_dense, stored @ vector[0], strict=True):
                 dense_by_doc[d] = float(s)
-        fused = self._fuse(dense_by_doc, keyword_scores)
+        fused = self._fuse(dense_by_doc, keyword_scores, asked)
         order = sorted(fused, key=lambda d: (-fused[d], d))[:k]
         return [
             Passage(
@@ -85,22 +96,35 @@ class Retriever:
                 rank,
                 dense_by_doc[d],
                 float(keyword_scores[d]),
+                float(asked[d]),
             )
             for rank, d in enumerate(order, start=1)
         ]
 
-    def _fuse(self, dense_by_doc: dict[int, float], keyword_scores: np.ndarray) -> dict[int, float]:
+    def _asked(self, vector: np.ndarray) -> np.ndarray:
+        """Per chunk, the cosine between the question and the nearest sample question about
+        its section (0 for a section nobody wrote sample questions for)."""
+        best = np.zeros(len(self._title_ids), dtype=np.float32)
+        if len(self.index.questions):
+            np.maximum.at(best, self._question_title_ids, self.index.question_vectors @ vector)
+        return best[self._chunk_title_ids]
+
+    def _fuse(self, dense_by_doc: dict[int, float], keyword_scores: np.ndarray,
+              asked: np.ndarray) -> dict[int, float]:
         """A convex combination of cosine similarity and BM25 scaled by its best score.
 
         Reciprocal rank fusion threw away how far ahead a passage was: a section the
         embedder ranked 2nd but BM25 ranked 48th (a question in everyday words) lost to
-        passages both ranked 5th. Scores keep that margin (README, "How it works").
+        passages both ranked 5th. Scores keep that margin (README, "How it works"). The
+        cosine is the larger of the text's and the weighted nearest sample question's, so a
+        section nobody wrote questions for (an uploaded document) loses nothing by it.
         """
         alpha = self.settings.dense_weight
         best_keyword = float(keyword_scores.max()) if len(keyword_scores) else 0.0
         scale = 1.0 / best_keyword if best_keyword > 0 else 0.0
+        weight = self.settings.asked_weight
         return {
-            d: alpha * cosine + (1 - alpha) * float(keyword_scores[d]) * scale
+            d: alpha * max(cosine, weight * float(asked[d])) + (1 - alpha) * float(keyword_scores[d]) * scale
             for d, cosine in dense_by_doc.items()
         }
 
