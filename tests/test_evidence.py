@@ -7,7 +7,7 @@ import pytest
 from ftchat import answer as ans
 from ftchat.chunking import Chunk
 from ftchat.evidence import (
-    EVIDENCE_WORD_BUDGET,
+    WORD_BUDGET,
     EvidenceSet,
     passage_units,
     question_kind,
@@ -91,6 +91,19 @@ def test_the_sentence_that_names_the_items_answers_a_which_question(embedder) ->
     assert "This category" not in text  # a category overview never answers when its term section does
 
 
+def test_answer_length_follows_the_question(embedder) -> None:
+    long_section = " ".join([LAYERWISE, OPTIMIZERS, LAYERWISE.replace("Layer-wise", "Partial"),
+                             OPTIMIZERS.replace("AdamW", "Lion"), STRATEGY.replace("\n", " ")])
+    p = passage(("Strategies", "Layer-wise fine-tuning"), long_section)
+
+    def words(question: str) -> int:
+        return sum(len(e.sentence.split()) for e in select_evidence(question, [p], embedder).items)
+
+    assert words("What is layer-wise fine-tuning?") <= WORD_BUDGET["definition"]
+    assert words("What is layer-wise fine-tuning?") < words(
+        "Which optimizers and layers are common, and how do layer-wise and partial fine-tuning differ?")
+
+
 def test_declines_name_only_sections_that_come_close() -> None:
     far = passage(("Key concepts", "Mixed precision training"), "Mixed precision ...", dense=0.14)
     near = passage(("Key concepts", "Regularization"), "Dropout ...", rank=2, dense=0.28)
@@ -113,10 +126,35 @@ def test_model_sentences_that_echo_the_question_or_flip_the_evidence_are_rejecte
     assert not ans.verify_sentence(flipped, evidence, embedder).supported
 
 
-def test_evidence_stays_within_its_word_budget(embedder) -> None:
-    long_section = " ".join([LAYERWISE, OPTIMIZERS, LAYERWISE.replace("Layer-wise", "Partial"),
-                             OPTIMIZERS.replace("AdamW", "Lion"), STRATEGY.replace("\n", " ")])
-    p = passage(("Strategies", "Layer-wise fine-tuning"), long_section)
-    evidence = select_evidence("What is layer-wise fine-tuning?", [p], embedder)
-    assert 1 < len(evidence.items)
-    assert sum(len(e.sentence.split()) for e in evidence.items) <= EVIDENCE_WORD_BUDGET
+def test_the_top_ranked_section_keeps_its_best_sentence_when_another_leads() -> None:
+    import numpy as np
+
+    from ftchat.evidence import FAVOURITE_MARGIN, Unit, _choose
+
+    favourite = passage(("Key concepts", "Full fine-tuning"), "x", rank=1)
+    closer = passage(("Key concepts", "Optimizers"), "y", rank=2)
+    units = [Unit(favourite, 0, "Full fine-tuning usually uses AdamW."),
+             Unit(favourite, 1, "Each version is stored as a full copy."),
+             Unit(closer, 0, "AdamW is the default optimizer for transformers.")]
+    vectors = np.eye(3, dtype=np.float32)  # no two units are near-duplicates
+
+    def chosen(favourite_score: float) -> list[int]:
+        return sorted(_choose(units, vectors, [favourite_score, 0.1, 0.9], "other", set(), set()))
+
+    assert chosen(0.9 - FAVOURITE_MARGIN / 2) == [0, 2]  # its best unit joins, not the whole section
+    assert chosen(0.9 - FAVOURITE_MARGIN * 3) == [2]  # too far below the lead: left out
+
+
+def test_a_category_overview_is_not_the_favourite_when_its_term_was_found() -> None:
+    import numpy as np
+
+    from ftchat.evidence import FAVOURITE_MARGIN, Unit, _choose
+
+    overview = passage(("Key concepts", "Active learning"), "x", rank=1)
+    term = passage(("Key concepts", "Active learning", "Uncertainty sampling"), "y", rank=2)
+    units = [Unit(overview, 0, "Active learning picks which examples to label."),
+             Unit(term, 0, "Uncertainty sampling labels the examples the model is least sure of.")]
+    vectors = np.eye(2, dtype=np.float32)
+    scores = [0.9 - FAVOURITE_MARGIN / 2, 0.9]
+    assert sorted(_choose(units, vectors, scores, "other", set(), set())) == [0, 1]
+    assert _choose(units, vectors, scores, "other", set(), {overview.chunk.id}) == [1]

@@ -11,9 +11,10 @@ come from the section that answers it, and read on their own:
   A unit that leans on the one before it ("It ...", "The second ...") comes with its
   predecessor or not at all; sentences about the guide or a category are never used
   unless the question is about the guide.
-- The top-ranked section's best unit leads; then the best units of any section, within a
-  word budget (not a fixed number of sentences), never a near-duplicate of one chosen
-  (the guide defines LoRA, DPO and distillation in two or three places).
+- Length follows the question: a word budget per kind, not a fixed number of sentences.
+- The top-ranked section answers; another section joins only for a comparison or when its
+  sentence brings a question term the chosen ones lack, and never a second definition of
+  the same thing.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ GENERIC_WORDS = frozenset(
     )
 )
 NEAR_DUPLICATE = 0.85
-# At most this many units and words: the top-ranked section's best unit first, then the
-# best of all. Measured on eval.jsonl: confining an answer to the best-matching section
-# raised nugget recall further (0.70) but cited one section where this cites two or three,
-# and citation validity fell from 97% to 86% (branch section-focused-evidence, issue 13).
-EVIDENCE_WORD_BUDGET = 110
-EVIDENCE_MAX_UNITS = 4
+LEAD_BONUS = 0.08
+# A unit of another section joins (outside a comparison) only when it scores this much
+# above the lead and names a question term the chosen units lack: on eval.jsonl a looser
+# rule mostly brought in neighbouring sections' filler.
+OTHER_SECTION_MARGIN = 0.05
+FAVOURITE_MARGIN = 0.2
 MAX_PASSAGES = 5
 
 # Openers that lean on the sentence before them.
@@ -108,6 +109,10 @@ def question_kind(question: str) -> str:
     text = " ".join(question.lower().split())
     return next((kind for kind, pattern in _KINDS if pattern.search(text)), "other")
 
+
+# Words per answer, by kind: a definition is a sentence or two, a list or a diagnosis more.
+WORD_BUDGET = {"definition": 90, "yes_no": 90, "why": 100, "other": 100, "how_to": 110,
+               "symptom": 120, "list": 120, "comparison": 130}
 
 _REMEDY = re.compile(
     r"^(use|set|keep|add|filter|lower|raise|reduce|increase|try|freeze|check|start|combine|apply|always|"
@@ -173,10 +178,12 @@ class Evidence:
 class EvidenceSet:
     """The few sentences an answer may use, numbered by the passage they come from."""
 
-    def __init__(self, items: list[Evidence], vectors: np.ndarray, question_terms: set[str]) -> None:
+    def __init__(self, items: list[Evidence], vectors: np.ndarray, question_terms: set[str],
+                 kind: str = "other") -> None:
         self.items = items
         self.vectors = vectors
         self.question_terms = question_terms
+        self.kind = kind
 
     @classmethod
     def empty(cls) -> EvidenceSet:
@@ -332,32 +339,52 @@ def select_evidence(
     def overlap(unit: Unit) -> float:
         return sum(weight(t) for t in set(tokenize(unit.text)) & question_terms) / total
 
+    overviews = {p.chunk.id for p in usable if _is_overview(p, usable)}
     scores = [
-        _score(u, kind, float(vectors[i] @ query_vector) + 0.15 * overlap(u), _is_overview(u.passage, usable))
+        _score(u, kind, float(vectors[i] @ query_vector) + 0.15 * overlap(u), u.passage.chunk.id in overviews)
         for i, u in enumerate(units)
     ]
-    chosen = _choose(units, vectors, scores)
-    return _numbered(units, vectors, scores, chosen, question_terms)
+    chosen = _choose(units, vectors, scores, kind, question_terms, overviews)
+    return _numbered(units, vectors, scores, chosen, question_terms, kind)
 
 
-def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float]) -> list[int]:
+def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: str,
+            question_terms: set[str], overviews: set[str]) -> list[int]:
     order = sorted(range(len(units)), key=lambda i: -scores[i])
-    chooser = _Chooser(units, vectors, EVIDENCE_WORD_BUDGET)
-    # The fused ranking knows better than one sentence's similarity which section answers:
-    # the top passage always contributes its best unit.
-    top = min(u.passage.rank for u in units)
-    lead = next(i for i in order if units[i].passage.rank == top)
-    if not chooser.add(lead, force=True):  # a leaning unit whose subject is not usable
-        next(i for i in order if chooser.add(i, force=True))
+    chooser = _Chooser(units, vectors, WORD_BUDGET[kind])
+    # The best unit leads, and its section answers. The fused ranking's favourite gets a
+    # head start (it knows more than one sentence's similarity), but a category overview
+    # or a section that merely shares words loses to a unit that says what was asked.
+    # A category's overview is nobody's favourite when one of its terms was found too.
+    ranks = [u.passage.rank for u in units if u.passage.chunk.id not in overviews]
+    top = min(ranks or [u.passage.rank for u in units])
+    order.sort(key=lambda i: -(scores[i] + (LEAD_BONUS if units[i].passage.rank == top else 0.0)))
+    lead = next(i for i in order if chooser.add(i, force=True))
+    lead_score = scores[lead]
+    sides = {units[lead].passage.chunk.title}
+    # When another section leads, the fused ranking's favourite still gets its best unit
+    # in: of two sections that both look right, one of them usually is.
+    favourite = next(i for i in order if units[i].passage.rank == top)
+    close = scores[favourite] >= lead_score - FAVOURITE_MARGIN
+    if close and units[favourite].passage.chunk.title not in sides:
+        chooser.add(favourite)
     for i in order:
-        if len(chooser.chosen) >= EVIDENCE_MAX_UNITS:
-            break
-        chooser.add(i)
+        unit = units[i]
+        same_section = unit.passage.chunk.title in sides
+        if same_section:  # the answering section's units join by relevance until the budget
+            chooser.add(i)
+        elif kind == "comparison" and len(sides) < 2 and scores[i] >= lead_score - 0.15:
+            if chooser.add(i):
+                sides.add(unit.passage.chunk.title)
+        elif scores[i] >= lead_score + OTHER_SECTION_MARGIN:
+            covered = set().union(*(set(tokenize(units[j].text)) for j in chooser.chosen))
+            if (set(tokenize(unit.text)) & question_terms) - covered:  # a fact the others lack
+                chooser.add(i)
     return chooser.chosen
 
 
 def _numbered(units: list[Unit], vectors: np.ndarray, scores: list[float], chosen: list[int],
-              question_terms: set[str]) -> EvidenceSet:
+              question_terms: set[str], kind: str) -> EvidenceSet:
     """Passages numbered in rank order, units in reading order within a passage."""
     numbers: dict[str, int] = {}
     for passage in sorted({units[i].passage.chunk.id: units[i].passage for i in chosen}.values(),
@@ -366,4 +393,4 @@ def _numbered(units: list[Unit], vectors: np.ndarray, scores: list[float], chose
     chosen = sorted(chosen, key=lambda i: (numbers[units[i].passage.chunk.id], units[i].position))
     items = [Evidence(numbers[units[i].passage.chunk.id], units[i].passage, units[i].text, scores[i])
              for i in chosen]
-    return EvidenceSet(items, vectors[chosen], question_terms)
+    return EvidenceSet(items, vectors[chosen], question_terms, kind)
