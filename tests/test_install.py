@@ -37,6 +37,7 @@ def installed(monkeypatch, tmp_path):
 def test_installed_defaults_are_the_shipped_guide_and_the_user_data_folder(installed, monkeypatch):
     settings = config.Settings()
     assert settings.corpus_dir == config.SHIPPED_CORPUS
+    assert settings.questions_file == config.PACKAGE_DIR / "train" / "questions.jsonl"
     assert settings.index_dir == installed / "home" / ".local" / "share" / "ftchat" / "index"
     monkeypatch.setenv("XDG_DATA_HOME", str(installed / "data"))
     assert config.Settings().index_dir == installed / "data" / "ftchat" / "index"
@@ -51,6 +52,7 @@ def test_checkout_defaults_stay_in_the_repository(monkeypatch):
     assert (config.Settings().corpus_dir, config.Settings().index_dir) == (
         REPO_ROOT / "corpus", REPO_ROOT / "index"
     )
+    assert config.Settings().questions_file == REPO_ROOT / "train" / "questions.jsonl"
 
 
 def test_the_shipped_guide_is_cited_as_in_a_checkout(installed):
@@ -65,7 +67,7 @@ def _copy_sources(target: Path) -> Path:
     target.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO_ROOT / name, target / name)
-    for name in ("src", "corpus"):
+    for name in ("src", "corpus", "train"):
         shutil.copytree(REPO_ROOT / name, target / name, ignore=skip)
     return target
 
@@ -110,4 +112,6 @@ def test_installed_ftchat_searches_the_guide_it_ships_and_indexes_into_the_data_
     shipped = Path(manifest["corpus_dir"])
     assert shipped.is_relative_to(tmp_path / "venv") and shipped.name == "guide", shipped
     assert set(manifest["files"]) == guide_files
+    assert manifest["questions"]["used"] > 1000  # the sample questions it ships
+    assert Path(manifest["questions"]["file"]).is_relative_to(tmp_path / "venv")
     assert not list(elsewhere.iterdir())  # nothing written where it was run

@@ -154,7 +154,7 @@ class Settings:
     # How near a section counts through its sample questions: its cosine to the question is
     # the larger of its text's and asked_weight x its nearest sample question's.
     asked_weight: float = field(
-        default_factory=lambda: _env_number("FTCHAT_ASKED_WEIGHT", "0.9", float, 0.0, 1.0)
+        default_factory=lambda: _env_number("FTCHAT_ASKED_WEIGHT", "0.8", float, 0.0, 1.0)
     )
     top_k: int = 5
     # Answers: tokens the model may write, and the gate's threshold on the best passage's
