@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def browser(tmp_path_factory):
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing (apt-get install chromium chromium-driver)"
         if os.environ.get("CI"):
@@ -49,17 +49,30 @@ def page(tmp_path_factory):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                      permissions=["clipboard-read", "clipboard-write"])
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        page.wait_for_selector("#ft-question textarea")
-        page.errors = errors
-        yield page
+        browser.ftchat_url = url
+        yield browser
         browser.close()
     stop_app()
+
+
+def open_page(browser, width: int = 1400, height: int = 1000):
+    """A new tab (its own conversation) on the page, ready for a question."""
+    context = browser.new_context(viewport={"width": width, "height": height},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(browser.ftchat_url)
+    page.wait_for_selector("#ft-question textarea")
+    page.errors = errors
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    page = open_page(browser)
+    yield page
+    page.context.close()
 
 
 def ask(page, question: str) -> None:
@@ -169,3 +182,78 @@ def test_upload_a_document_and_ask_about_it(page, tmp_path):
     assert "uploads/zorblax_notes.md" in card.locator(".src-meta").inner_text()
     page.screenshot(path=str(ARTIFACTS / "browser-upload-answer.png"), full_page=True)
     assert not page.errors, page.errors
+
+
+# --- Layout ---------------------------------------------------------------------------------
+
+LAYOUT_SIZES = [(1280, 800), (1400, 1100), (390, 844)]
+THREE_TURNS = ["What is LoRA?", "and how does QLoRA differ from it?", "what does it cost in memory?"]
+PANELS = {
+    "status line": "#ft-status", "conversation": "#ft-chat", "question box": "#ft-question",
+    "sources toggle": "#ft-show-all", "sources panel": "#ft-sources", "Settings": "#ft-settings",
+    "Add documents": "#ft-upload", "footer": "#ft-footer",
+}
+# Where each panel draws: its own box joined with every descendant's, each clipped by any
+# element in between that hides or scrolls its overflow. Content spilling out of a panel
+# (the reported bug: source cards running under the accordions and the footer) draws
+# outside the panel's own getBoundingClientRect(), so the panel's box alone would not show it.
+DRAWN_EXTENTS_JS = """(selectors) => {
+  const clips = (el) => {
+    const s = getComputedStyle(el);
+    return s.overflowX !== "visible" || s.overflowY !== "visible";
+  };
+  const box = (r) => [r.left + scrollX, r.top + scrollY, r.right + scrollX, r.bottom + scrollY];
+  const cut = (a, b) => [Math.max(a[0], b[0]), Math.max(a[1], b[1]),
+                         Math.min(a[2], b[2]), Math.min(a[3], b[3])];
+  const out = {};
+  for (const [name, selector] of Object.entries(selectors)) {
+    const root = document.querySelector(selector);
+    if (!root) { out[name] = null; continue; }
+    let extent = box(root.getBoundingClientRect());
+    for (const el of root.querySelectorAll("*")) {
+      const r = el.getBoundingClientRect();
+      if (r.width < 1 || r.height < 1 || getComputedStyle(el).visibility === "hidden") continue;
+      let b = box(r);
+      for (let a = el.parentElement; a && a !== root.parentElement; a = a.parentElement) {
+        if (clips(a)) b = cut(b, box(a.getBoundingClientRect()));
+      }
+      if (b[2] - b[0] < 1 || b[3] - b[1] < 1) continue;
+      extent = [Math.min(extent[0], b[0]), Math.min(extent[1], b[1]),
+                Math.max(extent[2], b[2]), Math.max(extent[3], b[3])];
+    }
+    out[name] = extent.map(Math.round);
+  }
+  return out;
+}"""
+
+
+def overlapping(extents: dict[str, list[int]]) -> list[str]:
+    names = list(extents)
+    found = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (al, at, ar, ab), (bl, bt, br, bb) = extents[a], extents[b]
+            if min(ar, br) > max(al, bl) and min(ab, bb) > max(at, bt):
+                found.append(f"{a} {extents[a]} and {b} {extents[b]}")
+    return found
+
+
+def test_no_panel_overlaps_another_at_three_window_sizes(browser):
+    """Three turns with every retrieved passage shown, then the same tab at each size.
+    Screenshots: tests/artifacts/layout-<width>x<height>.png."""
+    page = open_page(browser, 1400, 1100)
+    for question in THREE_TURNS:
+        ask(page, question)
+    cards = page.locator("#ft-sources .src-card").count()
+    page.click("#ft-show-all input")
+    page.wait_for_function("(n) => document.querySelectorAll('#ft-sources .src-card').length > n",
+                           arg=cards, timeout=10_000)
+    for width, height in LAYOUT_SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(500)  # Gradio re-lays out its columns on resize
+        extents = page.evaluate(DRAWN_EXTENTS_JS, PANELS)
+        assert all(extents.values()), extents
+        page.screenshot(path=str(ARTIFACTS / f"layout-{width}x{height}.png"), full_page=True)
+        assert not overlapping(extents), f"{width}x{height}: {overlapping(extents)}"
+    assert not page.errors, page.errors
+    page.context.close()

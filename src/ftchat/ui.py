@@ -47,6 +47,8 @@ EXAMPLES = [
 
 CSS = """
 .gradio-container { max-width: 1400px !important; margin: 0 auto; }
+/* A flex item is never narrower than its widest unbreakable content by default: a long
+   heading path or code line would widen the whole page past a phone's screen. */
 #ft-header h1 { margin-bottom: 0.2em; }
 #ft-header p { margin-top: 0; opacity: 0.85; }
 #ft-status { font-size: 0.88em; padding: 6px 10px; border-radius: 8px;
@@ -57,7 +59,9 @@ a.cite { text-decoration: none; font-weight: 600; font-size: 0.85em; padding: 0 
          cursor: pointer; white-space: nowrap; }
 a.cite:hover { background: rgba(99, 102, 241, 0.32); }
 .ft-note { font-size: 0.82em; opacity: 0.75; }
-#ft-sources { max-height: 640px; overflow-y: auto; }
+/* Gradio sets the block's overflow inline, so without !important the cards of a long
+   conversation spill out of the panel and run under the accordions and the footer. */
+#ft-sources { max-height: min(640px, 75vh); overflow-y: auto !important; }
 .src-empty { opacity: 0.7; font-size: 0.92em; padding: 8px; }
 .src-turn { margin-bottom: 10px; }
 .src-turn > summary { cursor: pointer; font-weight: 600; font-size: 0.92em; margin-bottom: 6px; }
