@@ -122,11 +122,15 @@ def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
     cites.first.click()
     page.wait_for_selector(f"{target}.flash", timeout=5000)
 
-    # Copy gives plain text: the [n] markers without the link markup.
+    # Copy gives Markdown for notes: the text with its [n] markers, no markup, and each
+    # citation spelled out as its heading path, file and line.
     copy = page.locator("#ft-chat button[aria-label='Copy message']").last
     copy.click()
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert re.search(r"\[\d+\]", copied) and "<a" not in copied, copied
+    assert re.search(r"\[\d+\]", copied) and "<" not in copied, copied
+    title = card.locator(".src-head").inner_text().split("]", 1)[1].strip()
+    n = target.rsplit("-", 1)[1]
+    assert re.search(rf"^- \[{n}\] {re.escape(title)} \(corpus/\S+\.md · line \d+\)$", copied, re.M), copied
 
     # The toggle adds the retrieved passages that were not cited.
     cards_before = page.locator("#ft-sources details[open] .src-card").count()
@@ -137,6 +141,47 @@ def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
     )
     page.screenshot(path=str(ARTIFACTS / "browser-in-scope.png"))
     page.click("#ft-show-all input")
+
+
+def test_the_conversation_downloads_as_markdown(page):
+    with page.expect_download() as download:
+        page.click("#ft-download")
+    assert download.value.suggested_filename == "ftchat-conversation.md"
+    document = Path(download.value.path()).read_text(encoding="utf-8")
+    assert document.startswith("# Conversation with ftchat")
+    assert "## What is QLoRA?" in document and re.search(r"^- \[1\] .+ › .+", document, re.M), document
+
+
+# Records what the last answer showed at every change of the page: its text (without the
+# status note and the cursor) and its status note.
+RECORD_ANSWER_JS = """() => {
+  window.ftSeen = [];
+  const chat = document.querySelector('#ft-chat');
+  new MutationObserver(() => {
+    const bots = chat.querySelectorAll('.message.bot');
+    if (!bots.length) return;
+    const last = bots[bots.length - 1];
+    const status = last.querySelector('.ft-pending');
+    const copy = last.cloneNode(true);
+    copy.querySelectorAll('.ft-pending').forEach((e) => e.remove());
+    window.ftSeen.push({text: copy.innerText.replace('▍', ''), status: status ? status.innerText : ''});
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_verified_text_shows_while_the_rest_is_checked_and_is_never_withdrawn(browser):
+    page = open_page(browser)
+    page.evaluate(RECORD_ANSWER_JS)
+    ask(page, "What does gradient accumulation do?")
+    final = " ".join(last_answer(page).split())
+    seen = [{"text": " ".join(s["text"].split()), "status": s["status"]}
+            for s in page.evaluate("window.ftSeen")]
+    checking = [s for s in seen if s["text"] and "Checking the answer against the guide" in s["status"]]
+    assert checking, seen  # the opening sentence, with a visible status under it
+    for shown in (s["text"] for s in seen if s["text"] and s["status"]):
+        assert final.startswith(shown), (shown, final)  # what was shown stays, in place
+    assert not page.errors, page.errors
+    page.context.close()
 
 
 def test_out_of_scope_question_offers_closest_sections(page):
