@@ -108,6 +108,7 @@ def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
     ask(page, "What is QLoRA?")
     answer = last_answer(page)
     assert re.search(r"\[\d+\]", answer), answer
+    assert "data-copy" not in answer and "<span" not in answer, answer  # no markup shown as text
     cites = page.locator("#ft-chat .message.bot").last.locator("a.cite")
     assert cites.count() >= 1
     target = cites.first.get_attribute("href")
@@ -235,8 +236,8 @@ LAYOUT_SIZES = [(1280, 800), (1400, 1100), (390, 844)]
 THREE_TURNS = ["What is LoRA?", "and how does QLoRA differ from it?", "what does it cost in memory?"]
 PANELS = {
     "status line": "#ft-status", "conversation": "#ft-chat", "question box": "#ft-question",
-    "sources toggle": "#ft-show-all", "sources panel": "#ft-sources", "Settings": "#ft-settings",
-    "Add documents": "#ft-upload", "footer": "#ft-footer",
+    "download": "#ft-download", "sources toggle": "#ft-show-all", "sources panel": "#ft-sources",
+    "Settings": "#ft-settings", "Add documents": "#ft-upload", "footer": "#ft-footer",
 }
 # Where each panel draws: its own box joined with every descendant's, each clipped by any
 # element in between that hides or scrolls its overflow. Content spilling out of a panel

@@ -97,8 +97,11 @@ def assistant_message(turn: dict) -> dict:
     if answer.mode == "extractive":
         content += ('\n\n<span class="ft-note">Quoted directly from the guide: the model\'s own '
                     "wording could not be verified against the sources.</span>")
-    # What the message's copy button copies (ui.HEAD's clipboard hook reads it).
-    content += f'<span class="ft-copy" data-copy="{html.escape(answer_markdown(answer), quote=True)}"></span>'
+    # What the message's copy button copies (ui.HEAD's clipboard hook reads it). Its line
+    # breaks are character references: a blank line would end the HTML tag for the chat's
+    # Markdown renderer, which then shows the rest of the attribute as text.
+    copy = html.escape(answer_markdown(answer), quote=True).replace("\n", "&#10;")
+    content += f'<span class="ft-copy" data-copy="{copy}"></span>'
     return {"role": "assistant", "content": content}
 
 
