@@ -1,8 +1,11 @@
 """The page in a real browser: Debian's Chromium driven by Playwright.
 
 Asks an in-scope and an out-of-scope question, follows a citation into the sources
-panel, uploads a Markdown file about a made-up topic and asks about it. Screenshots go
-to tests/artifacts/ (gitignored).
+panel, copies an answer and downloads the conversation as Markdown, watches an answer
+stream (its opening shown with a status, nothing withdrawn), uploads a Markdown file about
+a made-up topic and asks about it, and checks that no panel overlaps another after three
+turns at three window sizes. Screenshots go to tests/artifacts/ (gitignored); the layout
+ones are copied by hand to docs/screenshots/ for the README.
 """
 
 from __future__ import annotations

@@ -49,8 +49,6 @@ EXAMPLES = [
 
 CSS = """
 .gradio-container { max-width: 1400px !important; margin: 0 auto; }
-/* A flex item is never narrower than its widest unbreakable content by default: a long
-   heading path or code line would widen the whole page past a phone's screen. */
 #ft-header h1 { margin-bottom: 0.2em; }
 #ft-header p { margin-top: 0; opacity: 0.85; }
 #ft-status { font-size: 0.88em; padding: 6px 10px; border-radius: 8px;
