@@ -15,7 +15,7 @@ from ftchat.config import REPO_ROOT
 REQUIRED = [
     "machine", "retrieval_ms_p50", "first_token_ms_p50", "answer_ms_p50", "decode_tokens_per_s",
     "baseline_decode_tokens_per_s", "bandwidth_bound_tokens_per_s", "cold_start_answer_s",
-    "cold_start_page_s", "peak_rss_mb", "index_build_s",
+    "cold_start_page_s", "peak_rss_mb", "index_build_s", "first_visible_text_ms_p50",
 ]
 
 
@@ -63,6 +63,9 @@ def check_consistent(result: dict) -> None:
     for name in ("retrieval_ms", "first_token_ms", "answer_ms"):
         assert 0 < result[f"{name}_p50"] <= result[f"{name}_p95"], name
     assert result["first_token_ms_p50"] <= result["answer_ms_p50"]
+    if result.get("first_visible_text_ms_p50") is not None:  # results from before it existed lack it
+        assert 0 < result["first_visible_text_ms_p50"] <= result["first_visible_text_ms_p95"]
+        assert result["first_visible_text_missing"] == 0
     assert result["cold_start_answer_s"] <= result["cold_start_exit_s"]
     assert 50 < result["peak_rss_mb"] < 16_000  # MB, not KiB or bytes
     assert result["large_index_chunks_per_s"] == pytest.approx(

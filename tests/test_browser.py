@@ -1,8 +1,11 @@
 """The page in a real browser: Debian's Chromium driven by Playwright.
 
 Asks an in-scope and an out-of-scope question, follows a citation into the sources
-panel, uploads a Markdown file about a made-up topic and asks about it. Screenshots go
-to tests/artifacts/ (gitignored).
+panel, copies an answer and downloads the conversation as Markdown, watches an answer
+stream (its opening shown with a status, nothing withdrawn), uploads a Markdown file about
+a made-up topic and asks about it, and checks that no panel overlaps another after three
+turns at three window sizes. Screenshots go to tests/artifacts/ (gitignored); the layout
+ones are copied by hand to docs/screenshots/ for the README.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def browser(tmp_path_factory):
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing (apt-get install chromium chromium-driver)"
         if os.environ.get("CI"):
@@ -49,17 +52,30 @@ def page(tmp_path_factory):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                      permissions=["clipboard-read", "clipboard-write"])
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        page.wait_for_selector("#ft-question textarea")
-        page.errors = errors
-        yield page
+        browser.ftchat_url = url
+        yield browser
         browser.close()
     stop_app()
+
+
+def open_page(browser, width: int = 1400, height: int = 1000):
+    """A new tab (its own conversation) on the page, ready for a question."""
+    context = browser.new_context(viewport={"width": width, "height": height},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(browser.ftchat_url)
+    page.wait_for_selector("#ft-question textarea")
+    page.errors = errors
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    page = open_page(browser)
+    yield page
+    page.context.close()
 
 
 def ask(page, question: str) -> None:
@@ -95,6 +111,7 @@ def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
     ask(page, "What is QLoRA?")
     answer = last_answer(page)
     assert re.search(r"\[\d+\]", answer), answer
+    assert "data-copy" not in answer and "<span" not in answer, answer  # no markup shown as text
     cites = page.locator("#ft-chat .message.bot").last.locator("a.cite")
     assert cites.count() >= 1
     target = cites.first.get_attribute("href")
@@ -109,11 +126,15 @@ def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
     cites.first.click()
     page.wait_for_selector(f"{target}.flash", timeout=5000)
 
-    # Copy gives plain text: the [n] markers without the link markup.
+    # Copy gives Markdown for notes: the text with its [n] markers, no markup, and each
+    # citation spelled out as its heading path, file and line.
     copy = page.locator("#ft-chat button[aria-label='Copy message']").last
     copy.click()
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert re.search(r"\[\d+\]", copied) and "<a" not in copied, copied
+    assert re.search(r"\[\d+\]", copied) and "<" not in copied, copied
+    title = card.locator(".src-head").inner_text().split("]", 1)[1].strip()
+    n = target.rsplit("-", 1)[1]
+    assert re.search(rf"^- \[{n}\] {re.escape(title)} \(corpus/\S+\.md · line \d+\)$", copied, re.M), copied
 
     # The toggle adds the retrieved passages that were not cited.
     cards_before = page.locator("#ft-sources details[open] .src-card").count()
@@ -124,6 +145,47 @@ def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
     )
     page.screenshot(path=str(ARTIFACTS / "browser-in-scope.png"))
     page.click("#ft-show-all input")
+
+
+def test_the_conversation_downloads_as_markdown(page):
+    with page.expect_download() as download:
+        page.click("#ft-download")
+    assert download.value.suggested_filename == "ftchat-conversation.md"
+    document = Path(download.value.path()).read_text(encoding="utf-8")
+    assert document.startswith("# Conversation with ftchat")
+    assert "## What is QLoRA?" in document and re.search(r"^- \[1\] .+ › .+", document, re.M), document
+
+
+# Records what the last answer showed at every change of the page: its text (without the
+# status note and the cursor) and its status note.
+RECORD_ANSWER_JS = """() => {
+  window.ftSeen = [];
+  const chat = document.querySelector('#ft-chat');
+  new MutationObserver(() => {
+    const bots = chat.querySelectorAll('.message.bot');
+    if (!bots.length) return;
+    const last = bots[bots.length - 1];
+    const status = last.querySelector('.ft-pending');
+    const copy = last.cloneNode(true);
+    copy.querySelectorAll('.ft-pending').forEach((e) => e.remove());
+    window.ftSeen.push({text: copy.innerText.replace('▍', ''), status: status ? status.innerText : ''});
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_verified_text_shows_while_the_rest_is_checked_and_is_never_withdrawn(browser):
+    page = open_page(browser)
+    page.evaluate(RECORD_ANSWER_JS)
+    ask(page, "What does gradient accumulation do?")
+    final = " ".join(last_answer(page).split())
+    seen = [{"text": " ".join(s["text"].split()), "status": s["status"]}
+            for s in page.evaluate("window.ftSeen")]
+    checking = [s for s in seen if s["text"] and "Checking the answer against the guide" in s["status"]]
+    assert checking, seen  # the opening sentence, with a visible status under it
+    for shown in (s["text"] for s in seen if s["text"] and s["status"]):
+        assert final.startswith(shown), (shown, final)  # what was shown stays, in place
+    assert not page.errors, page.errors
+    page.context.close()
 
 
 def test_out_of_scope_question_offers_closest_sections(page):
@@ -169,3 +231,78 @@ def test_upload_a_document_and_ask_about_it(page, tmp_path):
     assert "uploads/zorblax_notes.md" in card.locator(".src-meta").inner_text()
     page.screenshot(path=str(ARTIFACTS / "browser-upload-answer.png"), full_page=True)
     assert not page.errors, page.errors
+
+
+# --- Layout ---------------------------------------------------------------------------------
+
+LAYOUT_SIZES = [(1280, 800), (1400, 1100), (390, 844)]
+THREE_TURNS = ["What is LoRA?", "and how does QLoRA differ from it?", "what does it cost in memory?"]
+PANELS = {
+    "status line": "#ft-status", "conversation": "#ft-chat", "question box": "#ft-question",
+    "download": "#ft-download", "sources toggle": "#ft-show-all", "sources panel": "#ft-sources",
+    "Settings": "#ft-settings", "Add documents": "#ft-upload", "footer": "#ft-footer",
+}
+# Where each panel draws: its own box joined with every descendant's, each clipped by any
+# element in between that hides or scrolls its overflow. Content spilling out of a panel
+# (the reported bug: source cards running under the accordions and the footer) draws
+# outside the panel's own getBoundingClientRect(), so the panel's box alone would not show it.
+DRAWN_EXTENTS_JS = """(selectors) => {
+  const clips = (el) => {
+    const s = getComputedStyle(el);
+    return s.overflowX !== "visible" || s.overflowY !== "visible";
+  };
+  const box = (r) => [r.left + scrollX, r.top + scrollY, r.right + scrollX, r.bottom + scrollY];
+  const cut = (a, b) => [Math.max(a[0], b[0]), Math.max(a[1], b[1]),
+                         Math.min(a[2], b[2]), Math.min(a[3], b[3])];
+  const out = {};
+  for (const [name, selector] of Object.entries(selectors)) {
+    const root = document.querySelector(selector);
+    if (!root) { out[name] = null; continue; }
+    let extent = box(root.getBoundingClientRect());
+    for (const el of root.querySelectorAll("*")) {
+      const r = el.getBoundingClientRect();
+      if (r.width < 1 || r.height < 1 || getComputedStyle(el).visibility === "hidden") continue;
+      let b = box(r);
+      for (let a = el.parentElement; a && a !== root.parentElement; a = a.parentElement) {
+        if (clips(a)) b = cut(b, box(a.getBoundingClientRect()));
+      }
+      if (b[2] - b[0] < 1 || b[3] - b[1] < 1) continue;
+      extent = [Math.min(extent[0], b[0]), Math.min(extent[1], b[1]),
+                Math.max(extent[2], b[2]), Math.max(extent[3], b[3])];
+    }
+    out[name] = extent.map(Math.round);
+  }
+  return out;
+}"""
+
+
+def overlapping(extents: dict[str, list[int]]) -> list[str]:
+    names = list(extents)
+    found = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (al, at, ar, ab), (bl, bt, br, bb) = extents[a], extents[b]
+            if min(ar, br) > max(al, bl) and min(ab, bb) > max(at, bt):
+                found.append(f"{a} {extents[a]} and {b} {extents[b]}")
+    return found
+
+
+def test_no_panel_overlaps_another_at_three_window_sizes(browser):
+    """Three turns with every retrieved passage shown, then the same tab at each size.
+    Screenshots: tests/artifacts/layout-<width>x<height>.png."""
+    page = open_page(browser, 1400, 1100)
+    for question in THREE_TURNS:
+        ask(page, question)
+    cards = page.locator("#ft-sources .src-card").count()
+    page.click("#ft-show-all input")
+    page.wait_for_function("(n) => document.querySelectorAll('#ft-sources .src-card').length > n",
+                           arg=cards, timeout=10_000)
+    for width, height in LAYOUT_SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(500)  # Gradio re-lays out its columns on resize
+        extents = page.evaluate(DRAWN_EXTENTS_JS, PANELS)
+        assert all(extents.values()), extents
+        page.screenshot(path=str(ARTIFACTS / f"layout-{width}x{height}.png"), full_page=True)
+        assert not overlapping(extents), f"{width}x{height}: {overlapping(extents)}"
+    assert not page.errors, page.errors
+    page.context.close()

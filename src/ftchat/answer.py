@@ -188,6 +188,7 @@ class Verdict:
     cosine: float
     novelty: float
     text: str
+    item: int = -1  # the evidence sentence it matches best (index into evidence.items)
 
 
 def claim_text(sentence: str) -> str:
@@ -218,7 +219,7 @@ def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) ->
     cosine = float(sims[best])
     supported = (cosine >= SUPPORT_MIN_COSINE and novelty <= SUPPORT_MAX_NOVELTY
                  and _adds_a_fact(terms, evidence) and not _flips(text, evidence.items[best].sentence))
-    return Verdict(supported, n, cosine, novelty, text)
+    return Verdict(supported, n, cosine, novelty, text, best)
 
 
 def _adds_a_fact(terms: list[str], evidence: EvidenceSet) -> bool:
@@ -245,6 +246,18 @@ def cited_numbers(text: str) -> list[int]:
 def lead_evidence(evidence: EvidenceSet) -> Evidence | None:
     """The best evidence sentence of the top-ranked passage (numbered 1)."""
     return max((e for e in evidence.items if e.n == 1), key=lambda e: e.score, default=None)
+
+
+def opening(evidence: EvidenceSet) -> str:
+    """The answer's first sentence: the first evidence unit of the top-ranked section, cited.
+
+    Every answer opens with it (the extractive answer always did), so the page can show it
+    as soon as the evidence is chosen, before the model has written a word, and never has
+    to take it back whatever the model then writes."""
+    if not evidence.items:
+        return ""
+    first = evidence.items[0]
+    return f"{first.sentence} [{first.n}]"
 
 
 def extractive_answer(evidence: EvidenceSet) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import answer as ans
 from .config import Settings
-from .evidence import EvidenceSet, select_evidence
+from .evidence import EvidenceSet, remember_unit_vectors, select_evidence
 from .generation import GenerationConfig, Generator
 from .index import Index, open_index
 from .models import generator_is_loaded, get_embedder, get_generator
@@ -65,6 +65,13 @@ class Assistant:
         with self._lock:
             self._index, self._retriever = index, None
 
+    def remember_guide_sentences(self) -> int:
+        """Embed every indexed passage's sentences now (the page does it after warming up),
+        so evidence for a new question is chosen without embedding any of them."""
+        index = self.index
+        passages = [Passage(chunk, 0.0, 0, 0.0, 0.0) for chunk in index.chunks]
+        return remember_unit_vectors(passages, self.retriever.embedder)
+
     # Questions -------------------------------------------------------------------------
 
     def search(self, question: str, k: int | None = None) -> list[Passage]:
@@ -92,20 +99,24 @@ class Assistant:
             yield text
             yield turn.answer(text, False, "declined")
             return
+        evidence = select_evidence(
+            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf
+        )
+        # The opening is the guide's own sentence: shown now, before the model loads or
+        # writes, and kept whatever the model's wording turns out to be.
+        check = StreamCheck(evidence, retriever.embedder, opening=True)
+        if check.text:
+            yield check.text
         if not self.generator_loaded():
             loading = time.perf_counter()
             self.generator  # noqa: B018 - loads it now
             turn.exclude_loading(time.perf_counter() - loading)
-        evidence = select_evidence(
-            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf
-        )
         # The earlier question as the model sees it: cut like any question, so that a huge
         # paste earlier in the conversation cannot overflow the model's context.
         cut = self.settings.max_question_chars
         context = history[-1][:cut] if history and turn.query != question else None
         messages = ans.build_messages(question, evidence, context)
         config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
-        check = StreamCheck(evidence, retriever.embedder)
         tokens = 0
         with closing(self.generator.stream(messages, config)) as pieces:
             for piece in pieces:
@@ -115,11 +126,13 @@ class Assistant:
                 if check.gave_up:
                     break
         yield from check.finish()
-        if check.pieces:
+        if check.written:
             yield turn.answer(check.text, True, "generated", evidence, tokens, check.dropped)
             return
+        # Nothing the model wrote survived: the rest of the evidence, after the opening.
         text = ans.extractive_answer(evidence)
-        yield text
+        if text[len(check.text):]:
+            yield text[len(check.text):]
         yield turn.answer(text, True, "extractive", evidence, tokens, check.dropped)
 
     def _retrieve(self, question: str, history: list[str], k: int | None) -> _Turn:

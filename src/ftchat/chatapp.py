@@ -55,6 +55,9 @@ class ModelLoader:
     def ready(self, name: str) -> bool:
         return self._state.get(name, {}).get("state") == "ready"
 
+    def loading(self, name: str) -> bool:
+        return self._state.get(name, {}).get("state") == "loading"
+
     def describe(self, name: str) -> str:
         info = self._state.get(name)
         if info is None:
@@ -81,7 +84,8 @@ class ChatApp:
         self.embedder_ready = False
 
     def warm_up(self) -> None:
-        """Embedder first (every question needs it), then the default model."""
+        """Embedder first (every question needs it), then the default model, then the
+        vectors of the guide's sentences that evidence is chosen from."""
 
         def run() -> None:
             try:
@@ -90,6 +94,16 @@ class ChatApp:
             except Exception:
                 log.exception("Warming up the embedder failed")
             self.loader.start(self.settings.model)
+            # Not while the model loads: both want the CPU, and the model is needed first.
+            while self.loader.loading(self.settings.model):
+                time.sleep(0.2)
+            try:
+                started = time.perf_counter()
+                count = self.assistant.remember_guide_sentences()
+                log.info("%d guide sentences embedded for evidence in %.1f s", count,
+                         time.perf_counter() - started)
+            except Exception:
+                log.exception("Embedding the guide's sentences ahead of questions failed")
 
         threading.Thread(target=run, name="warm-up", daemon=True).start()
 

@@ -47,6 +47,26 @@ def _source_label(passage: Passage) -> str:
     return f"{source} · {passage.chunk.location}"
 
 
+# A pending turn's status note ("Searching the guide…", "Checking the answer against the
+# guide…") is wrapped in this class, so that what is answer text and what is status can be
+# told apart in the page's own updates (`shown_answer_text`, used by `ftchat bench`).
+PENDING_CLASS = "ft-pending"
+_PENDING = re.compile(rf'<span class="{PENDING_CLASS}">.*?</span>', re.DOTALL)
+_MARKUP = re.compile(r"<[^>]+>")
+CURSOR = "▍"
+
+
+def _pending(note: str) -> str:
+    return f'<span class="{PENDING_CLASS}">{_esc(note or "…")}</span>'
+
+
+def shown_answer_text(content: str) -> str:
+    """The answer text in an assistant message's content as the page shows it: without the
+    status note, the streaming cursor and the markup ("" while only a status shows)."""
+    text = _MARKUP.sub("", _PENDING.sub("", content)).replace(CURSOR, "")
+    return html.unescape(text).strip()
+
+
 def assistant_message(turn: dict) -> dict:
     answer: Answer | None = turn.get("answer")
     tid = turn["id"]
@@ -54,10 +74,9 @@ def assistant_message(turn: dict) -> dict:
         return {"role": "assistant", "content": f"**Error:** {turn['error']}"}
     if answer is None:
         text = linked(turn.get("text", ""), tid)
-        note = turn.get("note", "")
-        if text and note:
-            return {"role": "assistant", "content": f"{text} ▍"}
-        return {"role": "assistant", "content": text + (" ▍" if text else note or "…")}
+        if text:  # verified text so far, and what is still going on below it
+            return {"role": "assistant", "content": f"{text} {CURSOR}\n\n{_pending(turn.get('note', ''))}"}
+        return {"role": "assistant", "content": _pending(turn.get("note", ""))}
     if not answer.answerable:
         sections = answer.passages
         content = "**The guide doesn't cover that.**"
@@ -78,7 +97,35 @@ def assistant_message(turn: dict) -> dict:
     if answer.mode == "extractive":
         content += ('\n\n<span class="ft-note">Quoted directly from the guide: the model\'s own '
                     "wording could not be verified against the sources.</span>")
+    # What the message's copy button copies (ui.HEAD's clipboard hook reads it). Its line
+    # breaks are character references: a blank line would end the HTML tag for the chat's
+    # Markdown renderer, which then shows the rest of the attribute as text.
+    copy = html.escape(answer_markdown(answer), quote=True).replace("\n", "&#10;")
+    content += f'<span class="ft-copy" data-copy="{copy}"></span>'
     return {"role": "assistant", "content": content}
+
+
+# --- Markdown for notes: copying an answer, downloading the conversation ----------------------
+
+
+def answer_markdown(answer: Answer) -> str:
+    """An answer as Markdown to paste into notes: its text with the [n] markers, then each
+    citation spelled out as its heading path, file and location."""
+    if not answer.answerable:
+        return answer.text
+    sources = [f"- [{c.n}] {c.passage.chunk.title} ({_source_label(c.passage)})" for c in answer.citations]
+    return answer.text + ("\n\nSources:\n\n" + "\n".join(sources) if sources else "")
+
+
+def conversation_markdown(turns: list[dict]) -> str:
+    """Every answered question of a conversation, in order, as one Markdown document."""
+    parts = ["# Conversation with ftchat\n"]
+    for turn in turns:
+        if turn.get("answer") is not None:
+            parts.append(f"## {' '.join(turn['question'].split())}\n\n{answer_markdown(turn['answer'])}\n")
+        elif turn.get("error"):
+            parts.append(f"## {' '.join(turn['question'].split())}\n\n(No answer: {turn['error']})\n")
+    return "\n".join(parts)
 
 
 def chat_messages(turns: list[dict]) -> list[dict]:

@@ -5,7 +5,8 @@ against the evidence, and hands back the ones to show, each with its citation [n
 what it dropped, and says when the model has drifted so far that decoding more is wasted.
 No model is needed to use it: feed it strings.
 
-    check = StreamCheck(evidence, embedder)
+    check = StreamCheck(evidence, embedder, opening=True)
+    show(check.text)                  # the answer's opening, already verified
     for piece in model_pieces:
         show(check.feed(piece))
         if check.gave_up:
@@ -32,15 +33,23 @@ GIVE_UP_AFTER = 2
 class StreamCheck:
     """Verifies a model's answer sentence by sentence as its text arrives."""
 
-    def __init__(self, evidence: EvidenceSet, embedder: Embedder) -> None:
+    def __init__(self, evidence: EvidenceSet, embedder: Embedder, opening: bool = False) -> None:
+        """`opening`: the answer starts with `answer.opening(evidence)`, shown at once; the
+        model's sentences follow it, and one restating it is dropped as a repeat."""
         self.evidence = evidence
         self.embedder = embedder
         self.pieces: list[str] = []  # what the reader was shown, in order
         self.dropped: list[str] = []  # sentences (or a cut-off tail) that were not shown
         self.gave_up = False
+        self.written = 0  # the model's sentences among the pieces
         self._kept: list[str] = []  # kept sentences without markers, to spot repeats
+        self._shown_items: set[int] = set()  # evidence sentences the reader has already read
         self._failed_in_a_row = 0
         self._buffer = ""
+        if opening and (first := ans.opening(evidence)):
+            self.pieces.append(first)
+            self._kept.append(evidence.items[0].sentence)
+            self._shown_items.add(0)
 
     @property
     def text(self) -> str:
@@ -52,11 +61,12 @@ class StreamCheck:
         shown = []
         while match := SENTENCE_END.search(self._buffer):
             sentence, self._buffer = self._buffer[: match.end()], self._buffer[match.end() :]
-            if (out := self._judge(sentence)) is not None:
-                self._failed_in_a_row = 0
-                shown.append(out)
-            else:
+            out = self._judge(sentence)
+            if out is None:
                 self._failed_in_a_row += 1
+            else:
+                self._failed_in_a_row = 0
+                shown += [out] if out else []
         # The sentence still being written may already be sure to fail.
         doomed = bool(self._buffer.strip()) and not self.evidence.can_still_pass(ans.claim_text(self._buffer))
         if self._failed_in_a_row + doomed >= GIVE_UP_AFTER:
@@ -74,23 +84,27 @@ class StreamCheck:
         tail, self._buffer = self._buffer.strip(), ""
         # A tail without final punctuation was cut off by the token limit: never shown.
         if tail and tail.rstrip("]0123456789[ ,")[-1:] in ".!?":
-            if (out := self._judge(tail)) is not None:
+            if out := self._judge(tail):
                 shown.append(out)
         elif tail:
             self.dropped.append(tail)
-        if self.pieces and (lead := self._missing_lead()) is not None:
+        if self.written and (lead := self._missing_lead()) is not None:
             self.pieces.append(f" {lead.sentence} [{lead.n}]")
             shown.append(self.pieces[-1])
         return shown
 
     def _judge(self, sentence: str) -> str | None:
-        """The sentence as shown (with its [n]), or None when it is unsupported or a repeat."""
+        """The sentence as shown (with its [n]); None when it is unsupported or a repeat;
+        "" when it restates the opening (not shown, but no sign of drifting: a model asked
+        the question naturally starts with what the opening already says)."""
         verdict = ans.verify_sentence(sentence, self.evidence, self.embedder)
         normal = verdict.text.lower()
-        if not verdict.supported or any(normal == k.lower() for k in self._kept):
+        restates = verdict.supported and verdict.item in self._shown_items
+        if not verdict.supported or restates or any(normal == k.lower() for k in self._kept):
             if verdict.text:
                 self.dropped.append(verdict.text)
-            return None
+            return "" if restates else None
+        self.written += 1
         self._kept.append(verdict.text)
         self.pieces.append(("" if len(self._kept) == 1 else " ") + f"{verdict.text} [{verdict.n}]")
         return self.pieces[-1]

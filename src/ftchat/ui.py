@@ -10,7 +10,9 @@ queue so the model never runs twice at once, and a live status line.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,7 +21,7 @@ from .api import Assistant
 from .chatapp import ChatApp
 from .corpus import SUPPORTED_SUFFIXES
 from .models import generator_names
-from .render import chat_messages, error_text, sources_html
+from .render import chat_messages, conversation_markdown, error_text, sources_html
 from .uploads import MAX_UPLOAD_BYTES
 
 TITLE = "ftchat · ask the fine-tuning guide"
@@ -57,7 +59,9 @@ a.cite { text-decoration: none; font-weight: 600; font-size: 0.85em; padding: 0 
          cursor: pointer; white-space: nowrap; }
 a.cite:hover { background: rgba(99, 102, 241, 0.32); }
 .ft-note { font-size: 0.82em; opacity: 0.75; }
-#ft-sources { max-height: 640px; overflow-y: auto; }
+/* Gradio sets the block's overflow inline, so without !important the cards of a long
+   conversation spill out of the panel and run under the accordions and the footer. */
+#ft-sources { max-height: min(640px, 75vh); overflow-y: auto !important; }
 .src-empty { opacity: 0.7; font-size: 0.92em; padding: 8px; }
 .src-turn { margin-bottom: 10px; }
 .src-turn > summary { cursor: pointer; font-weight: 600; font-size: 0.92em; margin-bottom: 6px; }
@@ -72,6 +76,7 @@ a.cite:hover { background: rgba(99, 102, 241, 0.32); }
 .src-text { font-size: 0.86em; line-height: 1.45; white-space: pre-line; max-height: 220px;
             overflow-y: auto; }
 .src-text mark { background: #fde68a; color: inherit; padding: 0 1px; border-radius: 2px; }
+.ft-pending { font-size: 0.88em; opacity: 0.75; font-style: italic; }
 #ft-footer { font-size: 0.82em; opacity: 0.75; text-align: center; margin-top: 8px; }
 """
 
@@ -94,14 +99,18 @@ document.addEventListener("click", function (event) {
   card.classList.add("flash");
   setTimeout(function () { card.classList.remove("flash"); }, 1600);
 }, true);
-// The chat's copy buttons copy a message's source; strip the citation links' markup so
-// the clipboard gets plain text with [n] markers.
+// The chat's copy buttons copy a message's source. An answer carries its Markdown for
+// notes (text, then its citations as heading paths; render.answer_markdown) in a
+// data-copy attribute: copy that. Anything else: strip the links' markup.
 if (navigator.clipboard && navigator.clipboard.writeText) {
   var ftWrite = navigator.clipboard.writeText.bind(navigator.clipboard);
   navigator.clipboard.writeText = function (text) {
     if (typeof text === "string") {
+      var copies = new DOMParser().parseFromString(text, "text/html").querySelectorAll(".ft-copy");
+      if (copies.length === 1) return ftWrite(copies[0].dataset.copy);
       var box = document.createElement("textarea");
-      box.innerHTML = text.replace(/<\/?(a|span)\b[^>]*>/g, "");
+      box.innerHTML = text.replace(/<span class="ft-copy"[^>]*><\/span>/g, "")
+                          .replace(/<\/?(a|span)\b[^>]*>/g, "");
       text = box.value;
     }
     return ftWrite(text);
@@ -138,6 +147,7 @@ class Controls:
     files: gr.File
     add: gr.Button
     upload_result: gr.Markdown
+    download: gr.DownloadButton
     timer: gr.Timer
 
 
@@ -191,7 +201,9 @@ def _chat_column() -> dict[str, Any]:
         )
         send = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ft-send")
         clear = gr.Button("Clear", variant="secondary", scale=1, min_width=80, elem_id="ft-clear")
-    return dict(chatbot=chatbot, question=question, send=send, clear=clear)
+    download = gr.DownloadButton("Download the conversation (Markdown)", value=None, size="sm",
+                                 variant="secondary", interactive=False, elem_id="ft-download")
+    return dict(chatbot=chatbot, question=question, send=send, clear=clear, download=download)
 
 
 def _side_column(app: ChatApp) -> dict[str, Any]:
@@ -235,16 +247,19 @@ def _wire_chat(app: ChatApp, c: Controls) -> None:
     answer_outputs = [c.chatbot, c.state, c.sources, c.status]
 
     def then_answer(event) -> None:
-        event.then(respond, answer_inputs, answer_outputs, show_progress="hidden", **PIPELINE)
+        answered = event.then(respond, answer_inputs, answer_outputs, show_progress="hidden", **PIPELINE)
+        answered.then(conversation_file, [c.state], [c.download], **FAST)
 
     for trigger in (c.question.submit, c.send.click):
         then_answer(trigger(submit, [c.question, c.state], [c.question, c.chatbot, c.state], **FAST))
     then_answer(c.chatbot.example_select(pick_example, [c.state], [c.chatbot, c.state], **FAST))
     then_answer(c.chatbot.option_select(pick_option, [c.state], [c.chatbot, c.state], **FAST))
     then_answer(c.chatbot.retry(retry, [c.state], [c.chatbot, c.state], **FAST))
-    c.chatbot.undo(undo, [c.state, c.show_all], [c.question, c.chatbot, c.state, c.sources], **FAST)
+    c.chatbot.undo(undo, [c.state, c.show_all], [c.question, c.chatbot, c.state, c.sources], **FAST).then(
+        conversation_file, [c.state], [c.download], **FAST)
     for clearing in (c.chatbot.clear, c.clear.click):
-        clearing(reset, None, [c.chatbot, c.state, c.sources, c.question], **FAST)
+        clearing(reset, None, [c.chatbot, c.state, c.sources, c.question], **FAST).then(
+            conversation_file, [c.state], [c.download], **FAST)
 
 
 def _wire_panel(app: ChatApp, c: Controls) -> None:
@@ -319,6 +334,16 @@ def reset():
     return [], new_state(), sources_html([], False), ""
 
 
+def conversation_file(state: dict):
+    """The download button with this conversation as a Markdown file (off while empty)."""
+    if not any(t.get("answer") is not None for t in state["turns"]):
+        return gr.update(value=None, interactive=False)
+    folder = Path(tempfile.mkdtemp(prefix="ftchat-download-"))
+    path = folder / "ftchat-conversation.md"
+    path.write_text(conversation_markdown(state["turns"]), encoding="utf-8")
+    return gr.update(value=str(path), interactive=True)
+
+
 def _responder(app: ChatApp):
     """The handler that answers the newest pending turn, streaming into the chat."""
 
@@ -355,6 +380,9 @@ def _update_turn(turn: dict, kind: str, value: Any, model_ready: bool) -> None:
     """Apply one item of ChatApp.stream to the turn being answered."""
     if kind == "piece":
         turn["text"] = turn.get("text", "") + value
+        # The guide's opening sentence is up; the model's wording is checked sentence by
+        # sentence before any of it is added.
+        turn["note"] = "Checking the answer against the guide…"
     elif kind == "tick":
         if not model_ready:
             turn["note"] = (f"The model is still loading ({value:.0f} s); your answer "
