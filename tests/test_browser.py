@@ -63,6 +63,15 @@ def page(tmp_path_factory):
     stop_app()
 
 
+@pytest.fixture(autouse=True)
+def back_to_chat(request):
+    """Every test starts on the Chat tab, even after a guide test failed halfway."""
+    yield
+    page = request.getfixturevalue("page")
+    if not page.locator("[role=tab][aria-selected=true]:has-text('Chat')").count():
+        open_tab(page, "Chat")
+
+
 def ask(page, question: str) -> None:
     bots_before = page.locator("#ft-chat .message.bot").count()
     page.fill("#ft-question textarea", question)
@@ -226,6 +235,20 @@ def test_the_guide_can_be_read_with_the_keyboard(page):
     assert below.count() == 1
     assert page.locator("#ft-guide-section ul a", has_text="Gradient accumulation").count() == 1
     page.screenshot(path=str(ARTIFACTS / "browser-guide.png"))
+    # In a phone-sized window the contents, the section and the footer stack without overlap.
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        boxes = [page.locator(sel).bounding_box() for sel in
+                 ("#ft-guide-contents nav", "#ft-guide-section article", "#ft-footer")]
+        assert all(boxes), boxes
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                apart = (a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"]
+                         or a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"])
+                assert apart, (a, b)
+        page.screenshot(path=str(ARTIFACTS / "browser-guide-narrow.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
 
     # The address is in the URL: opened in a new tab, it shows the same section.
     other = page.context.new_page()
