@@ -213,7 +213,7 @@ def wire_guide(app: ChatApp, guide: GuideControls, tabs: gr.Tabs) -> None:
         return panel, contents, gr.Tabs(selected=GUIDE_TAB)
 
     bridge.click(on_open, None, [guide.section, guide.contents, tabs], queue=False,
-                       api_visibility="private", show_progress="hidden")
+                 api_visibility="private", show_progress="hidden")
 
 
 def refresh_contents(app: ChatApp) -> str:
