@@ -1,9 +1,10 @@
 """The page in a real browser: Debian's Chromium driven by Playwright.
 
 Asks an in-scope and an out-of-scope question, follows a citation into the sources
-panel, copies an answer and downloads the conversation as Markdown, watches an answer
-stream (its opening shown with a status, nothing withdrawn), uploads a Markdown file about
-a made-up topic and asks about it, and checks that no panel overlaps another after three
+panel and into the Guide view, reads the guide with the keyboard, copies an answer and
+downloads the conversation as Markdown, watches an answer stream (its opening shown with a
+status, nothing withdrawn), uploads a Markdown file about a made-up topic, asks about it and
+finds it in the guide's contents, and checks that no panel overlaps another after three
 turns at three window sizes. Screenshots go to tests/artifacts/ (gitignored); the layout
 ones are copied by hand to docs/screenshots/ for the README.
 """
@@ -78,6 +79,15 @@ def page(browser):
     page.context.close()
 
 
+@pytest.fixture(autouse=True)
+def back_to_chat(request):
+    """Every test starts on the Chat tab, even after a guide test failed halfway."""
+    yield
+    page = request.getfixturevalue("page")
+    if not page.locator("[role=tab][aria-selected=true]:has-text('Chat')").count():
+        open_tab(page, "Chat")
+
+
 def ask(page, question: str) -> None:
     bots_before = page.locator("#ft-chat .message.bot").count()
     page.fill("#ft-question textarea", question)
@@ -105,6 +115,29 @@ def wait_until_answered(page) -> None:
 
 def last_answer(page) -> str:
     return page.locator("#ft-chat .message.bot").last.inner_text()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_selector(f"[role=tab][aria-selected=true]:has-text('{name}')", timeout=10_000)
+
+
+def wait_for_section(page, title: str) -> None:
+    """The Guide tab is shown with this section open, its heading focused."""
+    page.wait_for_function(
+        """(title) => {
+            const heading = document.querySelector('#ft-guide-section h2');
+            const tab = document.querySelector('[role=tab][aria-selected=true]');
+            return heading && heading.innerText.trim() === title && tab && /Guide/.test(tab.innerText)
+                && document.activeElement === heading;
+        }""",
+        arg=title, timeout=15_000,
+    )
+
+
+def section_crumbs(page) -> list[str]:
+    steps = page.locator("#ft-guide-section nav[aria-label='Heading path'] li")
+    return [t.strip() for t in steps.all_inner_texts()]
 
 
 def test_in_scope_answer_has_citations_linked_to_the_sources_panel(page):
@@ -188,6 +221,29 @@ def test_verified_text_shows_while_the_rest_is_checked_and_is_never_withdrawn(br
     page.context.close()
 
 
+def test_a_citation_opens_its_section_in_the_guide(page):
+    if not page.locator("#ft-sources .src-card").count():
+        ask(page, "What is QLoRA?")
+    card = page.locator("#ft-sources details[open] .src-card").first
+    heading_path = [h.strip() for h in card.locator(".src-head").inner_text().split("]", 1)[1].split("›")]
+    # The card quotes the Markdown source; the guide view renders it (code spans lose their backticks).
+    quotes = [" ".join(q.replace("`", "").split()) for q in card.locator(".src-text mark").all_inner_texts()]
+    assert quotes
+    link = card.get_by_role("link", name=re.compile("^Open .* in the guide$"))
+    assert link.inner_text() == "Open in the guide"
+    link.click()
+    wait_for_section(page, heading_path[-1])
+    assert section_crumbs(page) == heading_path
+    # The whole section: the evidence the card highlighted is in it, with its file and line.
+    text = " ".join(page.locator("#ft-guide-section .guide-text").inner_text().split())
+    assert all(q in text for q in quotes), (quotes, text)
+    meta = page.locator("#ft-guide-section .guide-meta").inner_text()
+    assert re.fullmatch(r"corpus/\S+\.md, line \d+", meta), meta
+    assert page.locator("#ft-guide-contents [aria-current=true]").inner_text() == heading_path[-1]
+    page.screenshot(path=str(ARTIFACTS / "browser-guide-from-citation.png"))
+    open_tab(page, "Chat")
+
+
 def test_out_of_scope_question_offers_closest_sections(page):
     # A near miss: declined, with sections that come close (a question far from the guide,
     # "What is the capital of France?", gets none; see test_answer.py).
@@ -195,6 +251,13 @@ def test_out_of_scope_question_offers_closest_sections(page):
     assert "doesn't cover" in last_answer(page)
     assert page.locator("#ft-sources details[open] .src-card").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "browser-out-of-scope.png"))
+    # Each closest section also opens in the guide.
+    closest = page.locator("#ft-chat .message.bot").last.locator("a.to-guide")
+    assert closest.count() >= 1
+    title = closest.first.inner_text().split("›")[-1].strip()
+    closest.first.click()
+    wait_for_section(page, title)
+    open_tab(page, "Chat")
     # One click on a closest section asks about it.
     bots = page.locator("#ft-chat .message.bot").count()
     page.locator("#ft-chat button.option").first.click()
@@ -204,6 +267,58 @@ def test_out_of_scope_question_offers_closest_sections(page):
     )
     wait_until_answered(page)
     assert "Tell me about" in page.locator("#ft-chat .message.user").last.inner_text()
+
+
+def test_the_guide_can_be_read_with_the_keyboard(page):
+    open_tab(page, "Guide")
+    nav = page.locator("#ft-guide-contents nav")
+    assert nav.get_attribute("aria-labelledby") == "guide-toc-title"
+    assert nav.get_by_role("heading", name="Contents", level=2).count() == 1
+    parts = nav.get_by_role("heading", level=3).all_inner_texts()
+    assert parts == ["About this guide", "Key concepts", "Fine-tuning strategies", "Added documents"]
+
+    # From the Guide tab, Tab walks into the contents in reading order; Enter opens a term.
+    page.get_by_role("tab", name="Guide").focus()
+    page.keyboard.press("Tab")
+    first = page.evaluate("document.activeElement.innerText")
+    assert first == "About this guide"
+    term = nav.get_by_role("link", name="Gradient accumulation", exact=True)
+    term.focus()
+    page.keyboard.press("Enter")
+    wait_for_section(page, "Gradient accumulation")
+    assert section_crumbs(page) == ["Key concepts", "Training process", "Gradient accumulation"]
+    text = page.locator("#ft-guide-section .guide-text").inner_text()
+    assert text.startswith("Gradient accumulation simulates a large batch")
+    assert "total token count is more accurate." in text  # the whole section, to its end
+    # The heading path's steps are links: one opens the category, which lists its terms.
+    page.locator("#ft-guide-section nav[aria-label='Heading path'] a", has_text="Training process").focus()
+    page.keyboard.press("Enter")
+    wait_for_section(page, "Training process")
+    below = page.locator("#ft-guide-section").get_by_role("heading", name="In this section", level=3)
+    assert below.count() == 1
+    assert page.locator("#ft-guide-section ul a", has_text="Gradient accumulation").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "browser-guide.png"))
+    # In a phone-sized window the contents, the section and the footer stack without overlap.
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        boxes = [page.locator(sel).bounding_box() for sel in
+                 ("#ft-guide-contents nav", "#ft-guide-section article", "#ft-footer")]
+        assert all(boxes), boxes
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                apart = (a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"]
+                         or a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"])
+                assert apart, (a, b)
+        page.screenshot(path=str(ARTIFACTS / "browser-guide-narrow.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+
+    # The address is in the URL: opened in a new tab, it shows the same section.
+    other = page.context.new_page()
+    other.goto(page.url)
+    wait_for_section(other, "Training process")
+    other.close()
+    open_tab(page, "Chat")
 
 
 def test_upload_a_document_and_ask_about_it(page, tmp_path):
@@ -306,3 +421,19 @@ def test_no_panel_overlaps_another_at_three_window_sizes(browser):
         assert not overlapping(extents), f"{width}x{height}: {overlapping(extents)}"
     assert not page.errors, page.errors
     page.context.close()
+
+
+def test_added_documents_appear_in_the_guide(page):
+    open_tab(page, "Guide")
+    contents = page.locator("#ft-guide-contents nav")
+    documents = contents.get_by_role("heading", name="Added documents", level=3)
+    assert documents.count() == 1
+    entry = contents.get_by_role("link", name="What Zorblax tuning is")
+    assert entry.count() == 1
+    entry.click()
+    wait_for_section(page, "What Zorblax tuning is")
+    assert section_crumbs(page) == ["zorblax_notes.md", "Zorblax tuning", "What Zorblax tuning is"]
+    assert "purple gradients" in page.locator("#ft-guide-section .guide-text").inner_text()
+    assert "uploads/zorblax_notes.md" in page.locator("#ft-guide-section .guide-meta").inner_text()
+    open_tab(page, "Chat")
+    assert not page.errors, page.errors

@@ -3,6 +3,8 @@
     from ftchat.api import Assistant
     assistant = Assistant()
     answer = assistant.ask("What is QLoRA?")
+    assistant.contents()                                   # the guide's table of contents
+    assistant.section(("Key concepts", "Training process", "Gradient accumulation"))
     for piece in assistant.stream("and how does it save memory?", history=["What is QLoRA?"]):
         ...  # str pieces of verified text, then the final Answer
 """
@@ -19,8 +21,10 @@ import numpy as np
 
 from . import answer as ans
 from .config import Settings
+from .corpus import display_path
 from .evidence import EvidenceSet, remember_unit_vectors, select_evidence
 from .generation import GenerationConfig, Generator
+from .guide import Contents, Guide, GuideSection
 from .index import Index, open_index
 from .models import generator_is_loaded, get_embedder, get_generator
 from .retrieval import Passage, Retriever, clean_question
@@ -34,6 +38,7 @@ class Assistant:
         self.settings = settings or Settings()
         self._index: Index | None = None
         self._retriever: Retriever | None = None
+        self._guide: tuple[Index, Guide] | None = None  # and the index it was read from
         self._lock = threading.Lock()
 
     # Components, loaded lazily ---------------------------------------------------------
@@ -71,6 +76,23 @@ class Assistant:
         index = self.index
         passages = [Passage(chunk, 0.0, 0, 0.0, 0.0) for chunk in index.chunks]
         return remember_unit_vectors(passages, self.retriever.embedder)
+
+    # The guide to browse ---------------------------------------------------------------
+
+    def guide(self) -> Guide:
+        """The contents and sections of the current index (no model or embedder needed)."""
+        index = self.index
+        with self._lock:
+            if self._guide is None or self._guide[0] is not index:
+                self._guide = (index, Guide(index.chunks, display_path(self.settings.corpus_dir)))
+            return self._guide[1]
+
+    def contents(self) -> Contents:
+        return self.guide().contents
+
+    def section(self, path: list[str] | tuple[str, ...], source: str | None = None) -> GuideSection:
+        """A whole section by heading path; raises guide.SectionNotFound with a message."""
+        return self.guide().section(path, source)
 
     # Questions -------------------------------------------------------------------------
 

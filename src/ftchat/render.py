@@ -9,12 +9,19 @@ A turn is the page's record of one question: {"id", "question", "pending", "note
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote as url_quote
+from urllib.parse import unquote as url_unquote
 
 from .answer import CITATION_MARKERS, Answer
+from .guide import SectionNotFound
 from .retrieval import Passage, QuestionError
+
+GUIDE_LINK = "#guide="  # links that open a section in the Guide view (guideview.py)
 
 
 def _esc(text: str) -> str:
@@ -35,16 +42,48 @@ def linked(text: str, turn_id: int) -> str:
     return CITATION_MARKERS.sub(link, _esc(text))
 
 
+def section_href(source: str, path: Sequence[str]) -> str:
+    """The link to a section: the file it is in (any of the guide's files stands for the
+    guide) and its heading path, percent-encoded so any heading survives the URL."""
+    return GUIDE_LINK + url_quote(json.dumps([source, *path], ensure_ascii=False), safe="")
+
+
+def parse_address(address: str) -> tuple[str, tuple[str, ...]]:
+    """(source, heading path) from the part of a link after "#guide="."""
+    try:
+        value = json.loads(url_unquote(address))
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise SectionNotFound("That link does not name a section of the guide.")
+    return value[0], tuple(value[1:])
+
+
+def open_link(source: str, path: Sequence[str], title: str) -> str:
+    """The "Open in the guide" link of a citation card or a closest section."""
+    return (f'<a class="to-guide" href="{section_href(source, path)}" '
+            f'aria-label="Open {html.escape(title)} in the guide">Open in the guide</a>')
+
+
 def follow_up(passage: Passage) -> str:
     leaf = passage.chunk.heading_path[-1] if passage.chunk.heading_path else passage.chunk.title
     return f"Tell me about {leaf}"
 
 
-def _source_label(passage: Passage) -> str:
-    source = passage.chunk.source
+def shown_source(source: str) -> str:
+    """A chunk's source as the page shows it: an absolute path only by its file name."""
     if os.path.isabs(source):
         source = ("uploads/" if "/uploads/" in source else "") + Path(source).name
-    return f"{source} · {passage.chunk.location}"
+    return source
+
+
+def _source_label(passage: Passage) -> str:
+    return f"{shown_source(passage.chunk.source)} · {passage.chunk.location}"
+
+
+def _guide_link(passage: Passage) -> str:
+    chunk = passage.chunk
+    return open_link(chunk.source, chunk.heading_path, chunk.title)
 
 
 # A pending turn's status note ("Searching the guide…", "Checking the answer against the
@@ -82,6 +121,10 @@ def assistant_message(turn: dict) -> dict:
         content = "**The guide doesn't cover that.**"
         if sections:
             content += " The closest sections it has are below; pick one to ask about it instead."
+            links = " · ".join(
+                f'<a class="to-guide" href="{section_href(p.chunk.source, p.chunk.heading_path)}">'
+                f"{_esc(p.chunk.title)}</a>" for p in sections)
+            content += f'\n\n<span class="ft-note">Read them in the guide: {links}</span>'
         return {
             "role": "assistant",
             "content": content,
@@ -166,7 +209,7 @@ def _card(card_id: str, label: str, passage: Passage, quotes: list[str], cited: 
     return (
         f'<div class="src-card{"" if cited else " uncited"}" id="{card_id}">'
         f'<div class="src-head"><span class="src-n">{label}</span>{_esc(passage.chunk.title)}</div>'
-        f'<div class="src-meta">{meta}</div>'
+        f'<div class="src-meta">{meta} · {_guide_link(passage)}</div>'
         f'<div class="src-text">{highlight(passage.chunk.text, quotes)}</div></div>'
     )
 

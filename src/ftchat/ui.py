@@ -20,6 +20,8 @@ import gradio as gr
 from .api import Assistant
 from .chatapp import ChatApp
 from .corpus import SUPPORTED_SUFFIXES
+from .guideview import CSS as GUIDE_CSS
+from .guideview import GuideControls, guide_tab, refresh_contents, wire_guide
 from .models import generator_names
 from .render import chat_messages, conversation_markdown, error_text, sources_html
 from .uploads import MAX_UPLOAD_BYTES
@@ -122,7 +124,7 @@ if (navigator.clipboard && navigator.clipboard.writeText) {
 
 def launch_options() -> dict[str, Any]:
     """The page's look and limits, for Blocks.launch() (Gradio 6 takes them there)."""
-    return dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, head=HEAD,
+    return dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS + GUIDE_CSS, head=HEAD,
                 max_file_size=MAX_UPLOAD_BYTES, footer_links=["api"])
 
 
@@ -161,15 +163,19 @@ def build_app(assistant: Assistant) -> gr.Blocks:
         state = gr.State(new_state())
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}", elem_id="ft-header")
         status = gr.Markdown(app.status(), elem_id="ft-status")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=420):
-                chat = _chat_column()
-            with gr.Column(scale=2, min_width=340):
-                side = _side_column(app)
+        with gr.Tabs(selected="chat", elem_id="ft-tabs") as tabs:
+            with gr.Tab("Chat", id="chat", elem_id="ft-chat-tab"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=420):
+                        chat = _chat_column()
+                    with gr.Column(scale=2, min_width=340):
+                        side = _side_column(app)
+            guide = guide_tab(app)
         gr.Markdown(f"{FOOTER}\n\n{CREDIT}", elem_id="ft-footer")
         controls = Controls(state=state, status=status, **chat, **side, timer=gr.Timer(2.0))
         _wire_chat(app, controls)
-        _wire_panel(app, controls)
+        _wire_panel(app, controls, guide)
+        wire_guide(app, guide, tabs)
         gr.api(_api(app), api_name="ask", concurrency_id="pipeline", concurrency_limit=1)
     return demo
 
@@ -262,8 +268,9 @@ def _wire_chat(app: ChatApp, c: Controls) -> None:
             conversation_file, [c.state], [c.download], **FAST)
 
 
-def _wire_panel(app: ChatApp, c: Controls) -> None:
-    """The sources toggle, the model choice, the status line and uploads."""
+def _wire_panel(app: ChatApp, c: Controls, guide: GuideControls) -> None:
+    """The sources toggle, the model choice, the status line and uploads (which the
+    guide's contents then list)."""
 
     def add_files(paths, model_name, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
         if not paths:
@@ -279,7 +286,8 @@ def _wire_panel(app: ChatApp, c: Controls) -> None:
                       **FAST)
     c.model.change(choose_model, [c.model], [c.status], **FAST)
     c.timer.tick(app.status, [c.model], [c.status], **FAST)
-    c.add.click(add_files, [c.files, c.model], [c.upload_result, c.status, c.files], **PIPELINE)
+    c.add.click(add_files, [c.files, c.model], [c.upload_result, c.status, c.files], **PIPELINE).then(
+        lambda: refresh_contents(app), None, [guide.contents], **FAST)
 
 
 # --- Handlers -----------------------------------------------------------------------------
