@@ -99,6 +99,17 @@ def test_question_with_no_known_words_still_returns_dense_hits(retriever):
     assert all(p.keyword == 0 for p in passages)
 
 
+@pytest.mark.parametrize("question, names", [
+    ("What is DoRA?", ["DoRA"]),
+    ("Can I use ALiBi or Adafactor with GPTQ?", ["ALiBi", "Adafactor"]),
+    ("How does QLoRA compare with SMOTE?", []),  # both in the index
+    ("Beginner here. What is SMOTE?", []),  # a capital that only opens a sentence
+    ("what is dora", []),  # lower case names nothing
+])
+def test_unknown_names_are_the_question_names_the_index_never_mentions(retriever, question, names):
+    assert retriever.unknown_names(question) == names
+
+
 def test_passage_json_has_the_contract_fields(retriever):
     row = retriever.search("LoRA", 1)[0].to_json()
     chunk = retriever.search("LoRA", 1)[0].chunk

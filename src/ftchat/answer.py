@@ -106,14 +106,16 @@ def condense(question: str, history: list[str]) -> str:
 # --- Gate ---------------------------------------------------------------------------------
 
 
-def is_covered(passages: list[Passage], threshold: float, rare_title_terms: set[str]) -> bool:
+def is_covered(passages: list[Passage], threshold: float, rare_title_terms: set[str],
+               unknown_names: list[str] | None = None) -> bool:
     """Answerable when the best passage is close enough in meaning to the question, or
-    when the question names a rare term that heads one of the top sections.
+    when the question names a rare term that heads one of the top sections; never when it
+    names something the guide does not mention at all (Retriever.unknown_names).
 
     The second rule is for acronyms the embedder never learned ("what is LLRD?"): their
     cosine similarity is low, yet a section titled with the exact term clearly covers them.
     """
-    if not passages:
+    if not passages or unknown_names:
         return False
     if max(p.dense for p in passages) >= threshold:
         return True
@@ -140,11 +142,14 @@ def closest_sections(passages: list[Passage], threshold: float, limit: int = 3) 
     return result
 
 
-def declined_text(sections: list[Passage]) -> str:
+def declined_text(sections: list[Passage], unknown_names: list[str] | None = None) -> str:
+    text = NOT_COVERED
+    if unknown_names:
+        text += f" It never mentions {' or '.join(unknown_names)}."
     if not sections:
-        return NOT_COVERED
-    names = "; ".join(p.chunk.title for p in sections)
-    return f"{NOT_COVERED} The closest sections are: {names}."
+        return text
+    titles = "; ".join(p.chunk.title for p in sections)
+    return f"{text} The closest sections are: {titles}."
 
 
 # --- Prompt -------------------------------------------------------------------------------

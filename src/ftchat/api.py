@@ -115,9 +115,11 @@ class Assistant:
         question = clean_question(question, self.settings)
         turn = self._retrieve(question, history or [], k)
         retriever = self.retriever
-        if not ans.is_covered(turn.passages, self.settings.gate_threshold, retriever.rare_terms(turn.query)):
-            turn.passages = ans.closest_sections(turn.passages, self.settings.gate_threshold)
-            text = ans.declined_text(turn.passages)
+        unknown = retriever.unknown_names(question)
+        threshold = self.settings.gate_threshold
+        if not ans.is_covered(turn.passages, threshold, retriever.rare_terms(turn.query), unknown):
+            turn.passages = ans.closest_sections(turn.passages, threshold)
+            text = ans.declined_text(turn.passages, unknown)
             yield text
             yield turn.answer(text, False, "declined")
             return

@@ -127,8 +127,8 @@ def evaluate_retrieval(assistant: Assistant, rows: list[EvalRow], k: int = 5) ->
 
 
 def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> list[tuple[float, bool]]:
-    """The gate's input (best cosine similarity, or 2.0 when a rare term decides) for each
-    row, with whether the row is in scope."""
+    """The gate's input (best cosine similarity, 2.0 when a rare term decides, -1.0 when
+    an unknown name does) for each row, with whether the row is in scope."""
     result = []
     retriever = assistant.retriever
     for row in rows:
@@ -138,6 +138,8 @@ def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> list[tuple[float, 
         score = max(p.dense for p in passages)
         if ans.is_covered(passages, 2.0, retriever.rare_terms(query)):
             score = 2.0
+        if retriever.unknown_names(row.question):  # declined whatever the threshold
+            score = -1.0
         result.append((score, row.answerable))
     return result
 
