@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,7 +179,9 @@ def lora_model(model, config: TrainConfig):
         target_modules=list(config.target_modules), task_type="CAUSAL_LM", bias="none",
         layers_to_transform=list(range(layers - top, layers)) if top else None,
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads an attribute transformers 5 renamed
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def base_model(settings: Settings, preset_name: str):
@@ -225,8 +228,7 @@ def train(config: TrainConfig, settings: Settings | None = None) -> RunResult:
         raise TrainingDataError(f"every row of {config.train_file} is longer than {config.max_tokens} tokens")
     data = {"train": _data_record(config.train_file, train_rows, train_set),
             "validation": _data_record(config.val_file, val_rows, val_set)}
-    base_record = {"preset": base.name, "file": gguf.name, "sha256": sha256_file(gguf),
-                   "bytes": gguf.stat().st_size}
+    base_record = base_file_record(base.name, gguf)
     work_dir = _work_dir(config, settings, data, base_record)
     log.info("Training %s: %d examples (%d too long left out), %d validation (%d left out); work folder %s",
              config.preset, len(train_set), too_long, len(val_set), val_too_long, work_dir)
@@ -250,6 +252,12 @@ def train(config: TrainConfig, settings: Settings | None = None) -> RunResult:
     out = config.output_dir or settings.adapters_dir / PRESETS[config.preset].adapter
     manifest = write_adapter(model, out, manifest)
     return RunResult(out, manifest, work_dir, history)
+
+
+def base_file_record(preset_name: str, gguf: Path) -> dict:
+    """The manifest's "base": the model file an adapter was trained on."""
+    return {"preset": preset_name, "file": gguf.name, "sha256": sha256_file(gguf),
+            "bytes": gguf.stat().st_size}
 
 
 def _use_bf16(dtype: str) -> bool:

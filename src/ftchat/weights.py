@@ -7,6 +7,7 @@ folder, because dequantizing on every start costs ~15-20 s here and loading the 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -165,9 +166,9 @@ def preset_weights(preset: ModelPreset, cache_dir: Path, dtype: str) -> Path | L
 
 def adapted_weights(preset: ModelPreset, cache_dir: Path, adapters_dir: Path, dtype: str) -> Path | Loaded:
     """The weight cache of a preset whose LoRA adapter is merged into its base's weights:
-    a plain model folder, so both decoders load it as fast as the base. The adapter's sha256
-    names the cache, so a retrained adapter gets a cache of its own; AdapterError where the
-    adapter is damaged or was trained on other weights."""
+    a plain model folder, so both decoders load it as fast as the base. A retrained adapter
+    gets a cache of its own; AdapterError where the adapter is damaged or was trained on
+    other weights."""
     from .adapters import merge_adapter, verify_adapter, verify_base
     from .models import PRESETS
 
@@ -175,8 +176,11 @@ def adapted_weights(preset: ModelPreset, cache_dir: Path, adapters_dir: Path, dt
     manifest = verify_adapter(folder)  # hashes the adapter (~20 MB) on every start: ~30 ms
     gguf = preset_gguf(preset)
     suffix = "" if dtype == "float32" else f"-{dtype}"
-    cached = (cache_dir / "models" /
-              f"{preset.name}-{gguf.stat().st_size}-{manifest['adapter_sha256'][:16]}{suffix}")
+    # Named by the adapter and the base it claims: either one changed means a new merge,
+    # which checks the base file first.
+    claimed = f"{manifest['adapter_sha256']} {(manifest.get('base') or {}).get('sha256')}"
+    key = hashlib.sha256(claimed.encode()).hexdigest()[:16]
+    cached = cache_dir / "models" / f"{preset.name}-{gguf.stat().st_size}-{key}{suffix}"
     if cache_is_valid(cached):
         return cached
     verify_base(folder, manifest, gguf)
