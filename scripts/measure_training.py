@@ -3,16 +3,18 @@
     PYTHONPATH=src .venv/bin/python scripts/measure_training.py [--steps 3] [--threads 2]
 
 Each configuration (float32 or bfloat16 autocast; LoRA on every block or on the top third)
-trains the bundled SmolLM2 through training.lora_model on batches of 8 x 256 tokens of the
-guide's own text, with the loss on the last 64 tokens of each row (an answer's share), and
-AdamW as Trainer uses it. One warm-up step is not counted. Prints one JSON line per
-configuration.
+trains the bundled SmolLM2 through training.lora_model and training.answer_loss on batches
+of 8 x 256 tokens of the guide's own text, with the loss on the last 64 tokens of each row
+(an answer's share), and AdamW as Trainer uses it. One warm-up step is not counted. Prints one JSON line per
+configuration, with wall and CPU seconds per step (CPU time is less disturbed by other
+work on a shared machine; with 2 threads and no contention, wall is about CPU / 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 from contextlib import nullcontext
@@ -23,7 +25,7 @@ import torch
 from ftchat.config import REPO_ROOT, Settings
 from ftchat.cpu import apply_threads, cpu_model
 from ftchat.models import GUIDE_MODEL
-from ftchat.training import IGNORE, TrainConfig, base_model, lora_model
+from ftchat.training import IGNORE, TrainConfig, answer_loss, base_model, lora_model
 
 
 def guide_batch(tokenizer, batch: int, length: int, answer: int) -> dict:
@@ -35,29 +37,34 @@ def guide_batch(tokenizer, batch: int, length: int, answer: int) -> dict:
     return {"input_ids": rows, "labels": labels, "attention_mask": torch.ones_like(rows)}
 
 
-def measure(config: TrainConfig, bf16: bool, steps: int, batch: dict, settings: Settings) -> dict:
+def measure(config: TrainConfig, bf16: bool, steps: int, batch: dict, settings: Settings,
+            full_logits: bool = False) -> dict:
     model, _, _, _ = base_model(settings, GUIDE_MODEL)
     torch.manual_seed(0)
     model = lora_model(model, config).train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    times = []
+    times, cpu_times = [], []
     for step in range(steps + 1):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss = model(**batch).loss
+            loss = model(**batch).loss if full_logits else answer_loss(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if step:  # the first step pays one-off allocations
             times.append(time.perf_counter() - started)
+            cpu_times.append(time.process_time() - cpu_started)
     per_step = sum(times) / len(times)
     tokens = batch["input_ids"].numel()
     return {"precision": "bfloat16 autocast" if bf16 else "float32", "rank": config.rank,
+            "loss_on": "all logits" if full_logits else "answer positions only",
             "layers": f"top {config.top_layers}" if config.top_layers else "all 30",
             "trainable_params": trainable, "s_per_step": round(per_step, 2),
             "tokens_per_s": round(tokens / per_step, 1), "steps_timed": len(times),
-            "step_times": [round(t, 2) for t in times], "loss": round(float(loss), 3),
+            "step_times": [round(t, 2) for t in times],
+            "cpu_s_per_step": round(sum(cpu_times) / len(cpu_times), 2),
+            "load_average": round(os.getloadavg()[0], 1), "loss": round(float(loss), 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -66,6 +73,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default="", help="e.g. 'bf16-top' to run one configuration")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="the model's own loss over every position's logits (for comparison)")
     args = parser.parse_args()
     apply_threads(args.threads)
     settings = Settings(threads=args.threads)
@@ -77,7 +86,7 @@ def main() -> None:
                             ("bf16-top", True, 10)]:
         if args.only and args.only != name:
             continue
-        result = measure(replace(base, top_layers=top), bf16, args.steps, batch, settings)
+        result = measure(replace(base, top_layers=top), bf16, args.steps, batch, settings, args.full_logits)
         print(json.dumps(result), flush=True)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,10 @@ from ftchat.models import DEFAULT_MODEL, GUIDE_MODEL, PRESETS, load_generator
 from ftchat.training import (
     IGNORE,
     TrainConfig,
+    answer_loss,
     base_file_record,
     base_model,
+    collate,
     encode_row,
     load_rows,
     lora_model,
@@ -77,6 +79,20 @@ def test_the_loss_covers_the_answer_tokens_only(settings):
     conversation = tokenizer.apply_chat_template(
         [*row["messages"], {"role": "assistant", "content": row["target"]}], add_generation_prompt=False)
     assert list(conversation[: len(example.input_ids)]) == example.input_ids
+
+
+@pytest.mark.slow  # loads the bundled model
+def test_the_answer_only_loss_is_the_models_own_loss_over_the_answer(settings):
+    model, tokenizer, _, _ = base_model(settings, GUIDE_MODEL)
+    rows = load_rows(DATA / "targets.jsonl")
+    examples = [asdict(encode_row(tokenizer, r, tokenizer.eos_token_id)) for r in rows]
+    batch = collate(examples, tokenizer.pad_token_id)
+    with torch.inference_mode():
+        expected = model(**batch).loss
+        got = answer_loss(model, batch)
+        unmasked = model(**{**batch, "labels": batch["input_ids"]}).loss
+    assert torch.allclose(got, expected, atol=1e-4), (got, expected)
+    assert abs(float(unmasked) - float(expected)) > 0.1  # the mask does change the loss
 
 
 def test_bad_training_rows_are_named_by_file_and_line(tmp_path):

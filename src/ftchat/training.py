@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from .adapters import ADAPTER_FILE, MANIFEST, MANIFEST_FORMAT, PLOT_FILE
 from .config import REPO_ROOT, Settings
@@ -161,6 +161,36 @@ def collate(examples: list[dict], pad_id: int) -> dict:
         mask.append([1] * len(e["input_ids"]) + [0] * gap)
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(mask)}
+
+
+def answer_loss(model, batch: dict, num_items: int | None = None):
+    """The causal LM loss over the labelled (answer) tokens, with the output layer applied
+    at those positions only: the prompt is most of each row and needs no logits, and full
+    logits cost 8 x 256 x 49,152 floats (400 MB) per copy, several copies per step.
+    The same value as the model's own loss (tests compare them); `num_items` is the number
+    of labelled tokens to divide by (Trainer's count over an accumulated batch)."""
+    import torch.nn.functional as F
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    keep = targets != IGNORE
+    logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
+    total = F.cross_entropy(logits, targets[keep], reduction="sum")
+    return total / (num_items if num_items is not None else keep.sum())
+
+
+class AnswerLossTrainer(Trainer):
+    """transformers' Trainer with `answer_loss`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_is_scaled_for_ga = True  # answer_loss divides by the accumulated batch's count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self.accelerator.autocast():  # a submodule's call misses the autocast on forward()
+            loss = answer_loss(model, inputs, num_items_in_batch)
+        return (loss, {"loss": loss}) if return_outputs else loss
 
 
 # --- Model ---------------------------------------------------------------------------------
@@ -316,7 +346,7 @@ def _last_checkpoint(work_dir: Path) -> str | None:
 
 def _trainer(model, tokenizer, train_set: list[Example], val_set: list[Example], config: TrainConfig,
              work_dir: Path, bf16: bool):
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     args = TrainingArguments(
         output_dir=str(work_dir / "checkpoints"), per_device_train_batch_size=config.batch_size,
@@ -326,11 +356,11 @@ def _trainer(model, tokenizer, train_set: list[Example], val_set: list[Example],
         logging_steps=config.logging_steps, eval_strategy="steps" if val_set else "no",
         eval_steps=config.eval_steps, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=2, seed=config.seed, data_seed=config.seed, bf16=bf16, use_cpu=True,
-        report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
+        report_to="none", remove_unused_columns=False, dataloader_num_workers=0, prediction_loss_only=True,
         disable_tqdm=not config.progress_bar,
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Trainer(
+    return AnswerLossTrainer(
         model=model, args=args, train_dataset=[asdict(e) for e in train_set],
         eval_dataset=[asdict(e) for e in val_set] or None,
         data_collator=lambda batch: collate(batch, pad), callbacks=[ProgressLog(work_dir / "progress.jsonl")],
