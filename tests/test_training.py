@@ -49,7 +49,7 @@ def tiny_run(tmp_path: Path, **changes) -> TrainConfig:
     config = TrainConfig(
         train_file=DATA / "targets.jsonl", val_file=DATA / "targets.val.jsonl",
         output_dir=tmp_path / "adapters" / GUIDE_MODEL, work_dir=tmp_path / "work",
-        rank=4, alpha=8, dropout=0.0, learning_rate=1e-3, warmup=0.0, max_steps=4, batch_size=4,
+        rank=4, alpha=8, dropout=0.0, learning_rate=1e-3, warmup=0.0, max_steps=4, batch_size=4, grad_accum=1,
         save_steps=2, eval_steps=2, logging_steps=1, threads=1, progress_bar=False,
     )
     return replace(config, **changes)
@@ -101,6 +101,19 @@ def test_bad_training_rows_are_named_by_file_and_line(tmp_path):
     bad.write_text(good + "\n" + json.dumps({"question": "q?", "messages": [], "target": "t"}) + "\n")
     with pytest.raises(ValueError, match=r"targets.jsonl:2: \"messages\" must be a list"):
         load_rows(bad)
+
+
+def test_ftchat_train_reports_a_bad_row_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from ftchat.cli import main
+
+    bad = tmp_path / "targets.jsonl"
+    bad.write_text(json.dumps({"question": "q?", "messages": [{"role": "user", "content": "x"}]}) + "\n")
+    result = CliRunner().invoke(main, ["train", "--train", str(bad), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output == f'Error: {bad}:1: "target" must be a non-empty string\n'
+    assert not (tmp_path / "out").exists()
 
 
 # --- Training ------------------------------------------------------------------------------

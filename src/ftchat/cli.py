@@ -387,7 +387,8 @@ def bench(as_json: bool, write_path: Path | None, markdown_path: Path | None, qu
 @click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), help="Learning rate (2e-4).")
 @click.option("--epochs", type=click.FloatRange(0, min_open=True), help="Epochs (default 3).")
 @click.option("--max-steps", type=click.IntRange(1), help="Stop after N optimizer steps.")
-@click.option("--batch-size", type=click.IntRange(1), help="Examples per step (default 8).")
+@click.option("--batch-size", type=click.IntRange(1), help="Examples per forward pass (default 4).")
+@click.option("--grad-accum", type=click.IntRange(1), help="Forward passes per optimizer step (default 2).")
 @click.option("--max-tokens", type=click.IntRange(16), help="Leave out longer rows (default 768).")
 @click.option("--save-steps", type=click.IntRange(1), help="Checkpoint every N steps (default 25).")
 @click.option("--eval-steps", type=click.IntRange(1), help="Validation loss every N steps (default 25).")
@@ -408,7 +409,7 @@ def train(target_modules: str | None, **options: object) -> None:
     config = training.with_options(training.TrainConfig(), target_modules=modules, **options)
     try:
         result = training.train(config, _settings())
-    except (training.TrainingDataError, ValueError) as exc:
+    except training.TrainingError as exc:
         raise click.ClickException(str(exc)) from exc
     m = result.manifest
     val = "none" if m["val_loss"] is None else f"{m['val_loss']:.4f}"
