@@ -6,8 +6,8 @@ Each configuration (float32 or bfloat16 autocast; LoRA on every block or on the 
 trains the bundled SmolLM2 through training.lora_model and training.answer_loss on batches
 of 8 x 256 tokens of the guide's own text, with the loss on the last 64 tokens of each row
 (an answer's share), and AdamW as Trainer uses it. One warm-up step is not counted. Prints one JSON line per
-configuration, with wall and CPU seconds per step (CPU time is less disturbed by other
-work on a shared machine; with 2 threads and no contention, wall is about CPU / 2).
+configuration, with wall and CPU seconds per step and the fastest step (on a shared
+machine the fastest step is the best estimate of what an idle one gives).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def measure(config: TrainConfig, bf16: bool, steps: int, batch: dict, settings: 
             "layers": f"top {config.top_layers}" if config.top_layers else "all 30",
             "trainable_params": trainable, "s_per_step": round(per_step, 2),
             "tokens_per_s": round(tokens / per_step, 1), "steps_timed": len(times),
-            "step_times": [round(t, 2) for t in times],
+            "step_times": [round(t, 2) for t in times], "fastest_step_s": round(min(times), 2),
+            "tokens_per_s_fastest": round(tokens / min(times), 1),
             "cpu_s_per_step": round(sum(cpu_times) / len(cpu_times), 2),
             "load_average": round(os.getloadavg()[0], 1), "loss": round(float(loss), 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}

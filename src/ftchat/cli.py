@@ -406,7 +406,7 @@ def train(target_modules: str | None, **options: object) -> None:
 
     logging.getLogger("ftchat").setLevel(logging.INFO)
     modules = tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None
-    config = training.with_options(training.TrainConfig(), target_modules=modules, **options)
+    config = training.TrainConfig().with_overrides(target_modules=modules, **options)
     try:
         result = training.train(config, _settings())
     except training.TrainingError as exc:

@@ -79,8 +79,12 @@ class TrainConfig:
     eval_steps: int = 25
     logging_steps: int = 5
     dtype: str = "auto"  # "bfloat16" (autocast) where the CPU runs it natively, else float32
-    threads: int = 0
+    threads: int = 0  # 0: the settings' (FTCHAT_THREADS)
     progress_bar: bool = True
+
+    def with_overrides(self, **changes: object) -> TrainConfig:
+        """This config with the options a caller gave (None: keep the default)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def hyperparameters(self) -> dict:
         keys = ("rank", "alpha", "dropout", "target_modules", "top_layers", "learning_rate", "epochs",
@@ -225,8 +229,8 @@ def base_model(settings: Settings, preset_name: str):
     from .models import PRESETS, quiet_transformers
     from .weights import preset_gguf, preset_weights
 
-    preset = PRESETS[preset_name]
-    if not preset.adapter:
+    preset = PRESETS.get(preset_name)
+    if preset is None or not preset.adapter:
         raise TrainingError(f"preset {preset_name} has no adapter to train")
     base = PRESETS[preset.base]
     folder = preset_weights(base, settings.cache_dir, "float32")
@@ -251,7 +255,7 @@ def train(config: TrainConfig, settings: Settings | None = None) -> RunResult:
 
     settings = settings or Settings()
     bf16 = _use_bf16(config.dtype)
-    apply_threads(config.threads)
+    apply_threads(config.threads or settings.threads)
     train_rows, val_rows = load_rows(config.train_file), _optional_rows(config.val_file)
     model, tokenizer, base, gguf = base_model(settings, config.preset)
     end_id = tokenizer.eos_token_id
@@ -478,8 +482,3 @@ def plot_losses(history: list[dict], path: Path, title: str) -> None:
         draw.text((width - 120, height - margin + 8), f"step {max(steps)}", fill="black")
     draw.text((margin + 10, height - 25), "blue: training loss   red: validation loss", fill="black")
     image.save(path, format="PNG")
-
-
-def with_options(config: TrainConfig, **changes: object) -> TrainConfig:
-    """`config` with the options a caller gave (None: keep the default)."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})
