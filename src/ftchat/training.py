@@ -274,13 +274,15 @@ def train(config: TrainConfig, settings: Settings | None = None) -> RunResult:
     trainer = _trainer(model, tokenizer, train_set, val_set, config, work_dir, bf16)
     resume = _last_checkpoint(work_dir)
     started, clock = datetime.now(UTC), time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    outcome = trainer.train(resume_from_checkpoint=resume)
     final_eval = trainer.evaluate() if val_set else {}
     history = _history(trainer.state.log_history)
     manifest = {
         "format": MANIFEST_FORMAT, "name": PRESETS[config.preset].adapter, "adapter_file": ADAPTER_FILE,
         "base": base_record, "data": data, "hyperparameters": config.hyperparameters(),
-        "train_loss": _last(history, "loss"), "val_loss": final_eval.get("eval_loss"),
+        # The last logged loss (a run shorter than logging_steps logs none: its mean then).
+        "train_loss": _last(history, "loss") or round(outcome.training_loss, 4),
+        "train_loss_mean": round(outcome.training_loss, 4), "val_loss": final_eval.get("eval_loss"),
         "steps": trainer.state.global_step, "resumed_from": resume and Path(resume).name,
         "seconds": round(time.perf_counter() - clock, 1), "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -414,6 +416,8 @@ class ProgressLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
+        if not {"loss", "eval_loss"} & logs.keys():
+            return  # the end-of-run summary: the manifest has it
         done = state.global_step - self.first_step
         elapsed = time.perf_counter() - self.clock
         left = elapsed / done * (state.max_steps - state.global_step) if done else None
