@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.ftchat-runtime
 DEV_STAMP := $(VENV)/.ftchat-dev
 
-.PHONY: run setup setup-dev test test-fast lint index bench calibrate loadtest clean
+.PHONY: run setup setup-dev test test-fast lint index bench calibrate loadtest train clean
 
 run: setup
 	$(BIN)/python app.py
@@ -49,6 +49,11 @@ bench: setup
 # saved to src/ftchat/gate.json with its 5-fold cross-validated accuracy.
 calibrate: setup
 	$(BIN)/ftchat eval --calibrate --retrieval-only eval/eval.jsonl eval/heldout.jsonl eval/blind.jsonl
+
+# LoRA fine-tuning of the guide preset on train/targets.jsonl (docs/training.md); running it
+# again resumes from the last checkpoint. Options: make train TRAIN_ARGS="--epochs 2 --rank 8".
+train: setup
+	$(BIN)/ftchat train $(TRAIN_ARGS)
 
 # 8 concurrent sessions x 25 questions against the app on a free loopback port (~15 min).
 loadtest: setup

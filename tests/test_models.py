@@ -57,7 +57,7 @@ def test_settings_do_not_change_when_the_environment_does_later(monkeypatch):
     monkeypatch.setenv("FTCHAT_DTYPE", "int8")
     monkeypatch.setenv("FTCHAT_DECODER", "transformers")
     assert (s.dtype, s.decoder) == ("auto", "auto")
-    assert models.generator_key(s)[2:] == (resolve_dtype("auto"), "auto")
+    assert models.generator_key(s)[2:4] == (resolve_dtype("auto"), "auto")
 
 
 # --- Only config.py reads FTCHAT_*; nothing writes os.environ ---------------------------

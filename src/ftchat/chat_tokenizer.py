@@ -56,6 +56,10 @@ class ChatTokenizer:
             return text
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Plain text's token ids (as transformers' encode with add_special_tokens=False)."""
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 

@@ -373,5 +373,49 @@ def bench(as_json: bool, write_path: Path | None, markdown_path: Path | None, qu
         click.echo(benchmark.markdown(result))
 
 
+@main.command()
+@click.option("--train", "train_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Training rows (default train/targets.jsonl; format in docs/training.md).")
+@click.option("--val", "val_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Validation rows (default train/targets.val.jsonl).")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Adapter folder to write (default: the guide preset's shipped adapter).")
+@click.option("--rank", type=click.IntRange(1, 256), help="LoRA rank (default 16).")
+@click.option("--alpha", type=click.IntRange(1, 1024), help="LoRA alpha (default 32).")
+@click.option("--targets", "target_modules", help="Comma-separated layers to adapt (default: all linear).")
+@click.option("--top-layers", type=click.IntRange(0), help="Adapt only the last N blocks (default 0: all).")
+@click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), help="Learning rate (2e-4).")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), help="Epochs (default 3).")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after N optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(1), help="Examples per forward pass (default 4).")
+@click.option("--grad-accum", type=click.IntRange(1), help="Forward passes per optimizer step (default 2).")
+@click.option("--max-tokens", type=click.IntRange(16), help="Leave out longer rows (default 768).")
+@click.option("--save-steps", type=click.IntRange(1), help="Checkpoint every N steps (default 25).")
+@click.option("--eval-steps", type=click.IntRange(1), help="Validation loss every N steps (default 25).")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]),
+              help="auto: bfloat16 autocast where the CPU runs it natively (default).")
+def train(target_modules: str | None, **options: object) -> None:
+    """Fine-tune the guide adapter (LoRA on SmolLM2-135M) on the training rows.
+
+    Running the same command again resumes from its last checkpoint. Progress goes to the
+    terminal and to progress.jsonl in the run's work folder; at the end the adapter folder
+    (adapter, manifest.json, loss.png) is replaced in one step.
+    """
+    from . import training
+
+    logging.getLogger("ftchat").setLevel(logging.INFO)
+    modules = tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None
+    config = training.TrainConfig().with_overrides(target_modules=modules, **options)
+    try:
+        result = training.train(config, _settings())
+    except training.TrainingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    m = result.manifest
+    val = "none" if m["val_loss"] is None else f"{m['val_loss']:.4f}"
+    click.echo(f"Adapter written to {result.adapter_dir}: {m['steps']} steps in {m['seconds']:.0f} s, "
+               f"train loss {m['train_loss']}, validation loss {val} (work folder {result.work_dir})")
+
+
 if __name__ == "__main__":
     sys.exit(main())

