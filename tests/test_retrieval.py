@@ -101,8 +101,11 @@ def test_question_with_no_known_words_still_returns_dense_hits(retriever):
 
 @pytest.mark.parametrize("question, names", [
     ("What is DoRA?", ["DoRA"]),
-    ("Can I use ALiBi or Adafactor with GPTQ?", ["ALiBi", "Adafactor"]),
+    ("How does ALiBi compare with Adafactor?", ["ALiBi", "Adafactor"]),
+    ("Is DoRA (weight-decomposed) better than GPTQ?", ["DoRA"]),
     ("How does QLoRA compare with SMOTE?", []),  # both in the index
+    ("Can SMOTE help my Spanish users?", []),  # a name, but not what the question asks about
+    ("how much VRAM does GPTQ save?", []),
     ("Beginner here. What is SMOTE?", []),  # a capital that only opens a sentence
     ("what is dora", []),  # lower case names nothing
 ])
