@@ -72,7 +72,7 @@ def test_out_of_scope_questions_are_declined_without_unrelated_sections(assistan
     # mixed precision training for a question about bread would only mislead.
     answer = assistant.ask(question)
     assert not answer.answerable and answer.mode == "declined"
-    assert answer.text in (ans.NOT_COVERED, f"{ans.NOT_COVERED} It never mentions France.")
+    assert answer.text == ans.NOT_COVERED
     assert answer.citations == [] and answer.passages == []
     assert answer.tokens == 0  # the model never ran
 

@@ -101,8 +101,15 @@ def test_answer_floors_on_a_fixed_sample(assistant) -> None:
     report = ev.evaluate_answers(assistant, inside + outside)
     assert report.in_scope_answered >= 0.90, report.failures
     assert report.out_of_scope_declined >= 0.90, report.failures
-    assert report.citation_validity >= 0.95, report.failures
     assert report.support_rate >= 0.95
+    # What the answer states, measured in its text (issue 13); on this sample 0.59, 0 broken.
+    assert report.content.nugget_recall >= 0.55, report.content.problems
+    assert report.content.broken_sentences == 0, report.content.problems
+    # Was 0.95 while answers drew on two or three sections. Confined to the section that
+    # answers, an answer from the wrong section cites no expected term: 0.82 here (0.914
+    # on the whole set), traded for nugget recall 0.57 -> 0.68 and blind-judged good
+    # answers 33% -> 53%. A floor still, so a change that cites worse sections fails.
+    assert report.citation_validity >= 0.80, report.failures
 
 
 @pytest.mark.slow  # three `ftchat eval` processes over the guide
