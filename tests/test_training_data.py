@@ -1,0 +1,60 @@
+"""The fine-tuning targets (train/targets*.jsonl) teach exactly what the pipeline will show.
+
+Each row's messages must be what ftchat builds for its question today (evidence selection
+changes make them stale), and every target sentence must be cited and pass verification,
+so the model learns only answers that would reach the user.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftchat import answer as ans
+from ftchat.chunking import split_sentences
+from ftchat.config import REPO_ROOT
+from ftchat.evidence import select_evidence
+
+TARGET_FILES = [REPO_ROOT / "train" / "targets.jsonl", REPO_ROOT / "train" / "targets.val.jsonl"]
+
+pytestmark = pytest.mark.slow  # retrieval, evidence and verification for ~1,500 rows
+
+
+def _rows() -> list[dict]:
+    return [json.loads(line) for path in TARGET_FILES for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _evidence(assistant, question: str):
+    retriever = assistant.retriever
+    query = ans.condense(question, [])
+    vector = retriever.embedder.encode([query])[0]
+    passages = retriever.search(query, assistant.settings.top_k, vector)
+    return select_evidence(query, passages, retriever.embedder, vector, assistant.index.keyword.idf)
+
+
+def test_every_target_is_trained_on_the_prompt_the_pipeline_builds_and_passes_verification(assistant) -> None:
+    rows = _rows()
+    assert len(rows) >= 1000
+    stale, unsupported = [], []
+    for row in rows:
+        evidence = _evidence(assistant, row["question"])
+        if row["messages"] != ans.build_messages(row["question"], evidence):
+            stale.append(row["question"])
+            continue
+        for sentence in split_sentences(row["target"]):
+            verdict = ans.verify_sentence(sentence, evidence, assistant.retriever.embedder)
+            if not ans.cited_numbers(sentence) or not verdict.supported:
+                unsupported.append((row["question"], sentence))
+    assert not stale, f"{len(stale)} rows were built for other evidence (rebuild them): {stale[:3]}"
+    assert not unsupported, f"{len(unsupported)} target sentences fail verification: {unsupported[:3]}"
+
+
+def test_training_rows_are_training_questions_and_never_eval_questions() -> None:
+    from ftchat import evaluation as ev
+
+    questions = {row.question for row in ev.load_rows(REPO_ROOT / "train" / "questions.jsonl")}
+    held = {row.question for path in (REPO_ROOT / "eval").glob("*.jsonl") for row in ev.load_rows(path)}
+    targets = [row["question"] for row in _rows()]
+    assert set(targets) <= questions and not set(targets) & held
+    assert len(targets) == len(set(targets))
