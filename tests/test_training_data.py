@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow  # retrieval, evidence and verification for ~1,500
 
 
 def _rows() -> list[dict]:
-    return [json.loads(line) for path in TARGET_FILES for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for path in TARGET_FILES for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in lines]
 
 
 def _evidence(assistant, question: str):
