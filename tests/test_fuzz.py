@@ -31,7 +31,7 @@ from ftchat.corpus import (
     parse_markdown,
     parse_text,
 )
-from ftchat.evidence import EVIDENCE_WORD_BUDGET, Evidence, EvidenceSet, select_evidence
+from ftchat.evidence import WORD_BUDGET, Evidence, EvidenceSet, select_evidence
 from ftchat.retrieval import QuestionError, Retriever
 from ftchat.uploads import MAX_UPLOAD_BYTES, check_upload, place_upload, safe_name
 
@@ -183,7 +183,7 @@ def test_condense_evidence_and_verification_never_crash(retriever, embedder, que
     passages = retriever.search(query, 5)
     evidence = select_evidence(query, passages, embedder)
     words = [len(e.sentence.split()) for e in evidence.items]
-    assert sum(words) <= EVIDENCE_WORD_BUDGET or len(words) <= 2  # only a long lead may exceed it
+    assert sum(words) <= WORD_BUDGET[evidence.kind] or len(words) <= 2  # only a long lead may exceed it
     assert all(e.n in evidence.passages for e in evidence.items)
     verdict = ans.verify_sentence(sentence, evidence, embedder)
     assert isinstance(verdict.supported, bool)
