@@ -239,12 +239,19 @@ def small_index(small_corpus_settings, embedder):
 @pytest.fixture(scope="session")
 def built_index_template(tmp_path_factory, small_corpus_dir, embedder) -> Settings:
     """An index of a private corpus copy, built once; tests copy the index folder and damage it."""
-    from ftchat.index import open_index
+    from ftchat.index import Index, open_index
 
     root = tmp_path_factory.mktemp("index-template")
     shutil.copytree(small_corpus_dir, root / "corpus")
-    settings = settings_for(root)
+    # Sample questions too, so that every artifact of the index holds something to damage.
+    questions = root / "questions.jsonl"
+    questions.write_text(
+        '{"question": "how do I stop my model forgetting old tasks?", '
+        '"sections": ["Strategies › Elastic Weight Consolidation"]}\n', encoding="utf-8"
+    )
+    settings = dataclasses.replace(settings_for(root), questions_file=questions)
     open_index(settings)
+    assert len(Index.load(settings.index_dir).questions) == 1
     return settings
 
 
