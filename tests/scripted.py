@@ -1,7 +1,7 @@
 """A generator that replays a script: the answer pipeline's control flow without a model.
 
 `ScriptedGenerator(text)` has the surface `Assistant` uses of the real generator (`name`,
-`stream(messages, config) -> Iterator[str]`, `last_decoded_tokens`) and writes `text`
+`stream(messages, config) -> Iterator[str]`, `last_decoded_tokens`, `continues_opening`) and writes `text`
 in word pieces of at most four characters, so a sentence arrives the way a tokenizer
 would deliver it, a word at a time in several pieces. It honours
 `config.max_new_tokens` (which is how a cut-off tail is made) and stops when the reader
@@ -25,9 +25,10 @@ def word_pieces(text: str) -> list[str]:
 
 
 class ScriptedGenerator:
-    def __init__(self, text: str, name: str = "scripted") -> None:
+    def __init__(self, text: str, name: str = "scripted", continues_opening: bool = False) -> None:
         self.name = name
         self.text = text
+        self.continues_opening = continues_opening
         # What the registry logs of every model it loads.
         self.dtype, self.backend, self.source = "none", "scripted", "tests/scripted.py"
         self.load_seconds = 0.0

@@ -111,12 +111,26 @@ def test_eval_table_shows_what_the_answers_said(capsys) -> None:
     content = asdict(ev.ContentReport(nugget_rows=3, nugget_recall=0.5, complete_answers=1 / 3,
                                       broken_sentences=2, off_topic_per_answer=0.25, mean_answer_words=61))
     answers = {"in_scope_answered": 1.0, "out_of_scope_declined": 1.0, "citation_validity": 1.0,
-               "support_rate": 1.0, "model_sentences_kept": 0.0, "extractive_rate": 1.0,
+               "support_rate": 1.0, "model_sentences_kept": 0.0, "model_written_share": 0.25,
+               "extractive_rate": 1.0,
                "first_token_ms_p50": 1.0, "total_ms_p50": 2.0, "total_ms_p95": 3.0, "content": content}
     report = {"eval_file": "x.jsonl", "model": "m", "answers": answers,
               "retrieval": {"recall_at_1": 1.0, "recall_at_5": 1.0, "mrr": 1.0, "misses": []}}
     cli._print_eval_table(report, 4)
     out = capsys.readouterr().out
     assert "| nugget recall / complete answers (3 rows with nuggets) | 0.500 / 33.3% |" in out
+    assert "| answer sentences in the model's own words | 25.0% |" in out
     assert "| broken sentences (dangling lead-in or pronoun, about the guide) | 2 |" in out
     assert "| off-topic sentences per answer | 0.25 |" in out and "| answer length, mean | 61 words |" in out
+
+
+def test_a_follow_ups_repeated_sentences_are_counted_quoted_or_reworded(embedder) -> None:
+    earlier = ["LoRA freezes the pre-trained weights and learns two small low-rank matrices. [1]"]
+    quoted = "LoRA freezes the pre-trained weights and learns two small low-rank matrices. [2]"
+    reworded = "LoRA keeps the pre-trained weights frozen and learns two small low-rank matrices. [1]"
+    new = "The adapter files are only a few megabytes. [1]"
+    assert ev.repeated_sentences(f"{quoted} {new}", earlier, embedder) == 1
+    assert ev.repeated_sentences(f"{reworded} {new}", earlier, embedder) == 1
+    assert ev.repeated_sentences(new, earlier, embedder) == 0
+    # A declined earlier turn said nothing to repeat.
+    assert ev.repeated_sentences(new, [f"{ans.NOT_COVERED} {new}"], embedder) == 0

@@ -404,10 +404,16 @@ def overlapping(extents: dict[str, list[int]]) -> list[str]:
 
 def test_no_panel_overlaps_another_at_three_window_sizes(browser):
     """Three turns with every retrieved passage shown, then the same tab at each size.
-    Screenshots: tests/artifacts/layout-<width>x<height>.png."""
+    Screenshots: tests/artifacts/layout-<width>x<height>.png. The follow-ups add: no
+    sentence the page has shown comes again in a later answer."""
     page = open_page(browser, 1400, 1100)
+    answers = []
     for question in THREE_TURNS:
         ask(page, question)
+        answers.append([s.strip() for s in re.split(r"\s*\[\d+\]\s*", last_answer(page)) if len(s) > 20])
+    for i in (1, 2):
+        repeated = set(answers[i]) & {s for earlier in answers[:i] for s in earlier}
+        assert not repeated, f"turn {i + 1} repeats what the page showed: {repeated}"
     cards = page.locator("#ft-sources .src-card").count()
     page.click("#ft-show-all input")
     page.wait_for_function("(n) => document.querySelectorAll('#ft-sources .src-card').length > n",

@@ -146,13 +146,15 @@ def test_nothing_is_added_when_nothing_was_kept(assistant) -> None:
 # --- Through Assistant.ask / stream ----------------------------------------------------------
 
 
-def ask(monkeypatch, assistant: Assistant, script: str, question: str = LORA_Q, **settings):
-    generator = ScriptedGenerator(script)
+def ask(monkeypatch, assistant: Assistant, script: str, question: str = LORA_Q,
+        continues_opening: bool = False, history: list[str] | None = None,
+        earlier_answers: list[str] | None = None, **settings):
+    generator = ScriptedGenerator(script, continues_opening=continues_opening)
     name = use_scripted_generator(monkeypatch, generator)
     index = assistant.index
     assistant = Assistant(dataclasses.replace(assistant.settings, model=name, **settings))
     assistant.reload(index)
-    items = list(assistant.stream(question))
+    items = list(assistant.stream(question, history, None, earlier_answers))
     answer = items[-1]
     assert isinstance(answer, ans.Answer) and "".join(items[:-1]) == answer.text
     return answer, generator
@@ -188,6 +190,62 @@ def test_the_opening_is_streamed_before_the_model_writes_and_never_withdrawn(mon
     answer = rest[-1]
     assert answer.mode == "generated" and answer.text == f"{LORA_1} [1] {LORA_2} [1]"
     assert answer.text.startswith(f"{LORA_1} [1]") and answer.dropped_sentences == [LORA_1, INVENTED_2]
+
+
+def test_a_model_that_continues_the_opening_is_given_it_and_may_add_to_it(monkeypatch, assistant) -> None:
+    answer, generator = ask(monkeypatch, assistant, f"{FEW_MB} [1]", continues_opening=True)
+    # The opening is the start of the model's own turn: it writes on from there.
+    assert generator.calls[0][-1] == {"role": "assistant", "content": f"{LORA_1} [1]"}
+    assert answer.mode == "generated" and answer.text == f"{LORA_1} [1] {FEW_MB} [1]"
+    assert answer.model_sentences == 1 and answer.to_json()["model_sentences"] == 1
+
+
+def test_a_model_that_continues_the_opening_may_end_with_it(monkeypatch, assistant) -> None:
+    """Ending at once says the opening is the whole answer: it is, with nothing added."""
+    answer, _ = ask(monkeypatch, assistant, "", continues_opening=True)
+    assert answer.mode == "generated" and answer.text == f"{LORA_1} [1]" and answer.model_sentences == 0
+    # A model not trained to continue it is never shown the opening, and writing nothing
+    # is a failure to answer: the evidence is the answer.
+    answer, generator = ask(monkeypatch, assistant, "")
+    assert generator.calls[0][-1]["role"] == "user"
+    assert answer.mode == "extractive"
+    assert answer.text == ans.extractive_answer(evidence_for(assistant, LORA_Q))
+
+
+def test_a_continuing_model_that_fails_falls_back_to_the_evidence(monkeypatch, assistant) -> None:
+    answer, _ = ask(monkeypatch, assistant, f"{INVENTED}", continues_opening=True)
+    assert answer.mode == "extractive"
+    assert answer.text == ans.extractive_answer(evidence_for(assistant, LORA_Q))
+
+
+FOLLOW_UP = "and how big are its adapter files?"
+
+
+def test_a_follow_up_adds_to_what_the_conversation_has_shown(monkeypatch, assistant) -> None:
+    """After an answer that said LORA_1, the follow-up leads with what it asks (the adapter
+    files) instead of opening with the definition the reader has just read."""
+    first, _ = ask(monkeypatch, assistant, "", continues_opening=True)
+    assert first.text == f"{LORA_1} [1]"
+    answer, generator = ask(monkeypatch, assistant, "", continues_opening=True, question=FOLLOW_UP,
+                            history=[LORA_Q], earlier_answers=[first.text])
+    assert answer.text == f"{LORA_2} [1]" and LORA_1 not in generator.calls[0][1]["content"]
+    # Without the earlier answer (a first question), the definition opens as always.
+    alone, _ = ask(monkeypatch, assistant, "", continues_opening=True, question=FOLLOW_UP, history=[LORA_Q])
+    assert alone.text.startswith(LORA_1)
+
+
+def test_a_follow_up_that_asks_again_gets_it_again(monkeypatch, assistant) -> None:
+    first, _ = ask(monkeypatch, assistant, "", continues_opening=True)
+    again, _ = ask(monkeypatch, assistant, "", continues_opening=True,
+                   question="Can you repeat what LoRA is?", history=[LORA_Q], earlier_answers=[first.text])
+    assert again.text.startswith(LORA_1)
+
+
+def test_a_follow_up_with_nothing_new_left_says_it_again_rather_than_nothing(monkeypatch, assistant) -> None:
+    everything = ans.extractive_answer(evidence_for(assistant, LORA_Q))
+    answer, _ = ask(monkeypatch, assistant, "", continues_opening=True, question="what is LoRA then?",
+                    history=[LORA_Q], earlier_answers=[everything])
+    assert answer.answerable and answer.text.startswith(LORA_1)
 
 
 def test_failed_sentences_stop_the_model_and_fall_back_to_the_evidence(monkeypatch, assistant) -> None:

@@ -81,6 +81,35 @@ def test_the_loss_covers_the_answer_tokens_only(settings):
     assert list(conversation[: len(example.input_ids)]) == example.input_ids
 
 
+@pytest.mark.slow  # the bundled model's tokenizer
+def test_a_row_that_continues_the_answers_opening_is_labelled_after_it(settings):
+    _, tokenizer, _, _ = base_model(settings, GUIDE_MODEL)
+    opening = "LoRA trains two small low-rank matrices. [1]"
+    messages = [*PROMPT, {"role": "assistant", "content": opening}]
+    prompt = prompt_tokens(tokenizer, messages)
+    # The opening is part of the prompt, in the assistant's turn, unlabelled; generation
+    # feeds the same ids (prompt_tokens) and the model writes on from there.
+    assert prompt == prompt_tokens(tokenizer, PROMPT) + tokenizer.encode(opening, add_special_tokens=False)
+    more = encode_row(tokenizer, {"messages": messages, "target": "Only they are trained. [1]"}, 2)
+    assert more.labels[: len(prompt)] == [IGNORE] * len(prompt)
+    labelled = tokenizer.decode(more.labels[len(prompt):], skip_special_tokens=False)
+    assert labelled == " Only they are trained. [1]<|im_end|>"
+    # An opening that already says it all: the model learns to stop at once.
+    done = encode_row(tokenizer, {"messages": messages, "target": ""}, 2)
+    assert done.input_ids == prompt + [2] and done.labels == [IGNORE] * len(prompt) + [2]
+
+
+def test_a_continuing_row_may_have_an_empty_target_and_no_other_row_may(tmp_path):
+    path = tmp_path / "targets.jsonl"
+    ends = {"question": "What is LoRA?", "target": "",
+            "messages": [*PROMPT, {"role": "assistant", "content": "LoRA trains two small matrices. [1]"}]}
+    path.write_text(json.dumps(ends) + "\n", encoding="utf-8")
+    assert load_rows(path)[0]["target"] == ""
+    path.write_text(json.dumps({**ends, "messages": PROMPT}) + "\n", encoding="utf-8")
+    with pytest.raises(Exception, match=r'targets.jsonl:1: "target" must be a non-empty string'):
+        load_rows(path)
+
+
 @pytest.mark.slow  # loads the bundled model
 def test_the_answer_only_loss_is_the_models_own_loss_over_the_answer(settings):
     model, tokenizer, _, _ = base_model(settings, GUIDE_MODEL)

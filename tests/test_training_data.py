@@ -1,8 +1,9 @@
 """The fine-tuning targets (train/targets*.jsonl) teach exactly what the pipeline will show.
 
-Each row's messages must be what ftchat builds for its question today (evidence selection
-changes make them stale), and every target sentence must be cited and pass verification,
-so the model learns only answers that would reach the user.
+Each row's messages must be what ftchat builds for its question today, ending with the
+answer's opening that the model continues (evidence selection changes make them stale:
+rebuild with scripts/build_targets.py), and every sentence written for it must be cited and
+pass verification, so the model learns only answers that would reach the user.
 """
 
 from __future__ import annotations
@@ -37,18 +38,25 @@ def _evidence(assistant, question: str):
 def test_every_target_is_trained_on_the_prompt_the_pipeline_builds_and_passes_verification(assistant) -> None:
     rows = _rows()
     assert len(rows) >= 1000
-    stale, unsupported = [], []
+    stale, unsupported, repeats = [], [], []
     for row in rows:
         evidence = _evidence(assistant, row["question"])
-        if row["messages"] != ans.build_messages(row["question"], evidence):
+        opening = ans.opening(evidence)
+        if row["messages"] != ans.build_messages(row["question"], evidence, start=opening):
             stale.append(row["question"])
             continue
-        for sentence in split_sentences(row["target"]):
+        for sentence in split_sentences(row["answer"]):
             verdict = ans.verify_sentence(sentence, evidence, assistant.retriever.embedder)
             if not ans.cited_numbers(sentence) or not verdict.supported:
                 unsupported.append((row["question"], sentence))
+        # What the model learns to write after the opening adds to it, never restates it.
+        for sentence in split_sentences(row["target"]):
+            verdict = ans.verify_sentence(sentence, evidence, assistant.retriever.embedder)
+            if verdict.item == 0 or sentence not in row["answer"]:
+                repeats.append((row["question"], sentence))
     assert not stale, f"{len(stale)} rows were built for other evidence (rebuild them): {stale[:3]}"
-    assert not unsupported, f"{len(unsupported)} target sentences fail verification: {unsupported[:3]}"
+    assert not unsupported, f"{len(unsupported)} written sentences fail verification: {unsupported[:3]}"
+    assert not repeats, f"{len(repeats)} targets restate the opening or were not written: {repeats[:3]}"
 
 
 def test_training_rows_are_training_questions_and_never_eval_questions() -> None:

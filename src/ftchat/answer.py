@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .chunking import split_sentences
 from .embedding import Embedder
 from .evidence import GENERIC_WORDS, Evidence, EvidenceSet
 from .index import tokenize
@@ -57,6 +58,7 @@ class Answer:
     mode: str  # "generated", "extractive" or "declined"
     search_query: str = ""
     dropped_sentences: list[str] = field(default_factory=list)
+    model_sentences: int = 0  # sentences of the text in the model's own words
 
     def to_json(self) -> dict:
         return {
@@ -70,6 +72,7 @@ class Answer:
             "tokens": self.tokens,
             "mode": self.mode,
             "search_query": self.search_query,
+            "model_sentences": self.model_sentences,
         }
 
 
@@ -101,6 +104,17 @@ def condense(question: str, history: list[str]) -> str:
         else:
             query = turn
     return query.replace(" || ", " ")
+
+
+_ASKS_AGAIN = re.compile(r"\b(again|repeat|remind me|once more|recap|summari[sz]e)\b", re.IGNORECASE)
+
+
+def shown_sentences(question: str, earlier_answers: list[str]) -> list[str]:
+    """What the conversation has shown that this question's answer should not repeat:
+    the earlier answers' sentences without their markers; nothing when it asks again."""
+    if _ASKS_AGAIN.search(question):
+        return []
+    return [claim for text in earlier_answers for s in split_sentences(text) if (claim := claim_text(s))]
 
 
 # --- Gate ---------------------------------------------------------------------------------
@@ -172,13 +186,17 @@ def as_data(text: str) -> str:
     return _DELIMITER.sub(lambda m: f"‹{m.group(1)}sources›", text)
 
 
-def build_messages(question: str, evidence: EvidenceSet, context: str | None = None) -> list[dict]:
+def build_messages(question: str, evidence: EvidenceSet, context: str | None = None,
+                   start: str = "") -> list[dict]:
+    """The prompt; `start`, when given, is the answer's beginning for the model to continue
+    (the opening a model trained that way follows on from, see `opening`)."""
     earlier = f"(Earlier in the conversation: {as_data(context)})\n" if context else ""
     user = (
         f"<sources>\n{as_data(evidence.numbered_sources())}\n</sources>\n\n"
         f"{earlier}Question: {as_data(question.strip())}"
     )
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return messages + ([{"role": "assistant", "content": start}] if start else [])
 
 
 # --- Verification -------------------------------------------------------------------------

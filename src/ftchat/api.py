@@ -100,18 +100,23 @@ class Assistant:
         clean_question(question, self.settings)  # a bad question fails before any index work
         return self.retriever.search(question, k)
 
-    def ask(self, question: str, history: list[str] | None = None, k: int | None = None) -> ans.Answer:
+    def ask(self, question: str, history: list[str] | None = None, k: int | None = None,
+            earlier_answers: list[str] | None = None) -> ans.Answer:
         result = None
-        for item in self.stream(question, history, k):
+        for item in self.stream(question, history, k, earlier_answers):
             if isinstance(item, ans.Answer):
                 result = item
         assert result is not None
         return result
 
     def stream(
-        self, question: str, history: list[str] | None = None, k: int | None = None
+        self, question: str, history: list[str] | None = None, k: int | None = None,
+        earlier_answers: list[str] | None = None,
     ) -> Iterator[str | ans.Answer]:
-        """Yield pieces of the answer as they are verified, then the final Answer."""
+        """Yield pieces of the answer as they are verified, then the final Answer.
+
+        `history`: the conversation's earlier questions; `earlier_answers`: the answers it
+        showed, whose sentences this answer does not repeat unless asked to."""
         question = clean_question(question, self.settings)
         turn = self._retrieve(question, history or [], k)
         retriever = self.retriever
@@ -124,7 +129,8 @@ class Assistant:
             yield turn.answer(text, False, "declined")
             return
         evidence = select_evidence(
-            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf
+            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf,
+            ans.shown_sentences(question, earlier_answers or []), question,
         )
         # The opening is the guide's own sentence: shown now, before the model loads or
         # writes, and kept whatever the model's wording turns out to be.
@@ -139,7 +145,8 @@ class Assistant:
         # paste earlier in the conversation cannot overflow the model's context.
         cut = self.settings.max_question_chars
         context = history[-1][:cut] if history and turn.query != question else None
-        messages = ans.build_messages(question, evidence, context)
+        start = check.text if self.generator.continues_opening else ""
+        messages = ans.build_messages(question, evidence, context, start)
         config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
         tokens = 0
         with closing(self.generator.stream(messages, config)) as pieces:
@@ -150,8 +157,10 @@ class Assistant:
                 if check.gave_up:
                     break
         yield from check.finish()
-        if check.written:
-            yield turn.answer(check.text, True, "generated", evidence, tokens, check.dropped)
+        # A model that continues the opening may end at once: the opening is its answer.
+        ended_there = self.generator.continues_opening and not (check.dropped or check.gave_up)
+        if check.written or ended_there:
+            yield turn.answer(check.text, True, "generated", evidence, tokens, check.dropped, check.written)
             return
         # Nothing the model wrote survived: the rest of the evidence, after the opening.
         text = ans.extractive_answer(evidence)
@@ -200,11 +209,12 @@ class _Turn:
         self.timings.setdefault("first_token_ms", self._elapsed_ms())
 
     def answer(self, text: str, answerable: bool, mode: str, evidence: EvidenceSet | None = None,
-               tokens: int = 0, dropped: list[str] | None = None) -> ans.Answer:
+               tokens: int = 0, dropped: list[str] | None = None, written: int = 0) -> ans.Answer:
         self.first_token()
         self.timings["total_ms"] = self._elapsed_ms()
         citations = ans.citations_for(text, evidence) if evidence else []
         return ans.Answer(
             self.question, text, answerable, citations, self.passages, self.model,
             self.timings, tokens, mode, self.query, dropped_sentences=dropped or [],
+            model_sentences=written,
         )

@@ -140,7 +140,8 @@ class ChatApp:
         return " · ".join(parts)
 
     def stream(
-        self, assistant: Assistant, question: str, history: list[str], k: int | None
+        self, assistant: Assistant, question: str, history: list[str], k: int | None,
+        earlier_answers: list[str] | None = None,
     ) -> Iterator[tuple[str, Any]]:
         """Run Assistant.stream in a worker and relay it: ("piece", str), ("answer", Answer),
         ("tick", seconds waited so far) while nothing new arrived, or ("error", exception).
@@ -152,7 +153,7 @@ class ChatApp:
         cancel = threading.Event()
 
         def work() -> None:
-            iterator = assistant.stream(question, history, k)
+            iterator = assistant.stream(question, history, k, earlier_answers)
             try:
                 for item in iterator:
                     if cancel.is_set():

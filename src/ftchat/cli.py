@@ -166,11 +166,12 @@ def _print_sources(answer) -> None:
         click.secho(f"      {c.passage.chunk.source}, {c.passage.chunk.location}", dim=True)
 
 
-def _stream_answer(assistant, question: str, history: list[str], k: int | None):
+def _stream_answer(assistant, question: str, history: list[str], k: int | None,
+                   earlier_answers: list[str] | None = None):
     """Print verified pieces as they arrive; return the final Answer."""
     from .answer import Answer
 
-    for item in assistant.stream(question, history, k):
+    for item in assistant.stream(question, history, k, earlier_answers):
         if isinstance(item, Answer):
             click.echo()
             _print_sources(item)
@@ -223,6 +224,7 @@ def chat(model: str | None) -> None:
         f"model {assistant.settings.model}. Ask about fine-tuning LLMs ('exit' to leave)."
     )
     history: list[str] = []
+    answers: list[str] = []
     while True:
         try:
             question = click.prompt(click.style("you", bold=True), prompt_suffix="> ")
@@ -232,15 +234,16 @@ def chat(model: str | None) -> None:
         if question.strip().lower() in {"exit", "quit", "/exit"}:
             return
         if question.strip() == "/reset":
-            history = []
+            history, answers = [], []
             click.echo("(new conversation)")
             continue
         try:
-            _stream_answer(assistant, question, history, None)
+            answer = _stream_answer(assistant, question, history, None, answers)
         except QuestionError as exc:
             click.secho(str(exc), fg="red")
             continue
         history.append(question)
+        answers.append(answer.text)
 
 
 @main.command(name="eval")
@@ -313,6 +316,7 @@ def _print_answer_rows(a: dict) -> None:
     click.echo(f"| citation validity | {a['citation_validity']:.1%} |")
     click.echo(f"| answer sentences supported by evidence | {a['support_rate']:.1%} |")
     click.echo(f"| model sentences kept after verification | {a['model_sentences_kept']:.1%} |")
+    click.echo(f"| answer sentences in the model's own words | {a['model_written_share']:.1%} |")
     click.echo(f"| extractive fallback rate | {a['extractive_rate']:.1%} |")
     c = a["content"]
     if c["nugget_rows"]:
@@ -321,6 +325,9 @@ def _print_answer_rows(a: dict) -> None:
     click.echo(f"| broken sentences (dangling lead-in or pronoun, about the guide) | "
                f"{c['broken_sentences']} |")
     click.echo(f"| off-topic sentences per answer | {c['off_topic_per_answer']:.2f} |")
+    if c.get("follow_up_rows"):
+        click.echo(f"| follow-ups ({c['follow_up_rows']} rows): nugget recall / sentences repeated "
+                   f"from earlier answers | {c['follow_up_nugget_recall']:.3f} / {c['follow_up_repeats']} |")
     click.echo(f"| answer length, mean | {c['mean_answer_words']:.0f} words |")
     click.echo(f"| first token, median | {a['first_token_ms_p50']:.0f} ms |")
     click.echo(f"| answer time, median / p95 | {a['total_ms_p50']:.0f} / {a['total_ms_p95']:.0f} ms |")

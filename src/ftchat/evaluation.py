@@ -23,7 +23,8 @@ from . import answer as ans
 from .api import Assistant
 from .chunking import split_sentences
 from .config import GATE_FILE, REPO_ROOT
-from .evidence import ABOUT_THE_GUIDE, LEANING_OPENER, EvidenceSet
+from .embedding import Embedder
+from .evidence import ABOUT_THE_GUIDE, LEANING_OPENER, NEAR_DUPLICATE, EvidenceSet
 from .jsonl import read_lines
 from .retrieval import Passage
 from .stats import percentile
@@ -290,6 +291,10 @@ class ContentReport:
     broken_sentences: int = 0
     off_topic_per_answer: float = 0.0
     mean_answer_words: float = 0.0
+    # Rows asked after their history (a conversation): what they added.
+    follow_up_rows: int = 0
+    follow_up_nugget_recall: float = 0.0
+    follow_up_repeats: int = 0  # their sentences the conversation had already shown
     problems: list[dict] = field(default_factory=list)
 
 
@@ -351,6 +356,7 @@ class AnswerReport:
     citation_validity: float
     support_rate: float
     model_sentences_kept: float
+    model_written_share: float  # of the sentences shown, those in the model's own words
     extractive_rate: float
     first_token_ms_p50: float
     total_ms_p50: float
@@ -375,8 +381,10 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
     failures = []
     embedder = assistant.retriever.embedder
     pairs = []
+    repeats = 0
     for row in rows:
-        answer = assistant.ask(row.question, list(row.history))
+        answer, earlier = ask_in_conversation(assistant, row)
+        repeats += repeated_sentences(answer.text, earlier, embedder)
         pairs.append((row, answer))
         first.append(answer.timings["first_token_ms"])
         total.append(answer.timings["total_ms"])
@@ -398,12 +406,8 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
         for sentence in split_sentences(answer.text):
             sentences += 1
             supported += ans.verify_sentence(sentence, evidence, embedder).supported
-        if answer.mode == "generated":
-            kept_here = len(split_sentences(answer.text))
-            kept += kept_here
-            written += kept_here + len(answer.dropped_sentences)
-        else:
-            written += len(answer.dropped_sentences)
+        kept += answer.model_sentences
+        written += answer.model_sentences + len(answer.dropped_sentences)
     n_in = sum(1 for r in rows if r.answerable)
     n_out = len(rows) - n_in
     return AnswerReport(
@@ -413,10 +417,40 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
         citation_validity=valid / max(cited_answers, 1),
         support_rate=supported / max(sentences, 1),
         model_sentences_kept=kept / max(written, 1),
+        model_written_share=kept / max(sentences, 1),
         extractive_rate=extractive / max(cited_answers, 1),
         first_token_ms_p50=percentile(first, 50),
         total_ms_p50=percentile(total, 50),
         total_ms_p95=percentile(total, 95),
-        content=judge_content(pairs),
+        content=_with_follow_ups(judge_content(pairs), pairs, repeats),
         failures=failures,
     )
+
+
+def ask_in_conversation(assistant: Assistant, row: EvalRow) -> tuple[ans.Answer, list[str]]:
+    """(the row's answer, the earlier answers): its history asked and answered first, in
+    order, as a reader would have, so the answer is judged on what it adds."""
+    earlier: list[str] = []
+    for i, question in enumerate(row.history):
+        earlier.append(assistant.ask(question, list(row.history[:i]), earlier_answers=list(earlier)).text)
+    return assistant.ask(row.question, list(row.history), earlier_answers=earlier), earlier
+
+
+def repeated_sentences(text: str, earlier: list[str], embedder: Embedder) -> int:
+    """Sentences of `text` the earlier answers already said: quoted again, or as close in
+    meaning as two definitions of one term."""
+    answered = [t for t in earlier if not t.startswith(ans.NOT_COVERED)]
+    said = [ans.claim_text(s) for t in answered for s in split_sentences(t)]
+    claims = [ans.claim_text(s) for s in split_sentences(text)]
+    if not said or not claims:
+        return 0
+    close = (embedder.encode(claims) @ embedder.encode(said).T).max(axis=1)
+    return sum(1 for c, sim in zip(claims, close, strict=True) if c in said or float(sim) > NEAR_DUPLICATE)
+
+
+def _with_follow_ups(content: ContentReport, pairs: list[tuple[EvalRow, ans.Answer]],
+                     repeats: int) -> ContentReport:
+    judged = judge_content([(row, answer) for row, answer in pairs if row.history])
+    content.follow_up_rows, content.follow_up_nugget_recall = judged.nugget_rows, judged.nugget_recall
+    content.follow_up_repeats = repeats
+    return content

@@ -15,13 +15,16 @@ come from the section that answers it, and read on their own:
 - The top-ranked section answers; another section joins only for a comparison or when its
   sentence brings a question term the chosen ones lack, and never a second definition of
   the same thing.
+- A follow-up adds: a sentence the conversation has already shown is not chosen again
+  (unless nothing else is left), so "what does it cost in memory?" after "what is QLoRA?"
+  leads with the memory figures rather than the definition the reader just read.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -327,11 +330,17 @@ def select_evidence(
     embedder: Embedder,
     query_vector: np.ndarray | None = None,
     term_weight: Callable[[str], float] | None = None,
+    shown: Sequence[str] = (),
+    asked: str = "",
 ) -> EvidenceSet:
     """The units that best answer the question; `query_vector` saves re-embedding it.
 
     `term_weight` (the keyword index's idf) makes sharing a rare question word count for
     more than sharing "fine-tuning" or "model"; without it every word counts the same.
+    `shown`: the sentences the conversation has already shown (without their citation
+    markers), which are not chosen again. `asked`: the reader's own words when `question`
+    is a follow-up read together with the turn before; they alone say what kind of question
+    it is ("what does it cost?" after "how does QLoRA differ?" is no comparison).
     """
     if not passages:
         return EvidenceSet.empty()
@@ -339,7 +348,7 @@ def select_evidence(
     units = _candidates(question, usable)
     if not units:
         return EvidenceSet.empty()
-    kind = question_kind(question)
+    kind = question_kind(asked or question)
     vectors = embedder.encode_remembered([u.text for u in units])
     if query_vector is None:
         query_vector = embedder.encode([question])[0]
@@ -355,13 +364,26 @@ def select_evidence(
         _score(u, kind, float(vectors[i] @ query_vector) + 0.15 * overlap(u), u.passage.chunk.id in overviews)
         for i, u in enumerate(units)
     ]
-    chosen = _choose(units, vectors, scores, kind, question_terms, overviews)
+    repeats = already_shown(units, vectors, shown, embedder) if shown else set()
+    chosen = _choose(units, vectors, scores, kind, question_terms, overviews, repeats)
     return _numbered(units, vectors, scores, chosen, question_terms, kind)
 
 
+def already_shown(units: list[Unit], vectors: np.ndarray, shown: Sequence[str],
+                  embedder: Embedder) -> set[int]:
+    """The units the reader has read in an earlier answer: quoted there, or said again in
+    the model's words (as close as two sections' definitions of one term)."""
+    earlier = " ".join(" ".join(shown).split())
+    close = (vectors @ embedder.encode(list(shown)).T).max(axis=1)
+    return {i for i, u in enumerate(units)
+            if " ".join(u.text.split()) in earlier or float(close[i]) > NEAR_DUPLICATE}
+
+
 def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: str,
-            question_terms: set[str], overviews: set[str]) -> list[int]:
-    order = sorted(range(len(units)), key=lambda i: -scores[i])
+            question_terms: set[str], overviews: set[str], repeats: set[int]) -> list[int]:
+    # What the reader has already read is left out, unless it is all there is.
+    order = [i for i in sorted(range(len(units)), key=lambda i: -scores[i]) if i not in repeats]
+    order = order or sorted(range(len(units)), key=lambda i: -scores[i])
     chooser = _Chooser(units, vectors, WORD_BUDGET[kind])
     # The best unit leads, and its section answers. The fused ranking's favourite gets a
     # head start (it knows more than one sentence's similarity), but a category overview
@@ -375,7 +397,7 @@ def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: s
     sides = {units[lead].passage.chunk.title}
     # When another section leads, the fused ranking's favourite still gets its best unit
     # in: of two sections that both look right, one of them usually is.
-    favourite = next(i for i in order if units[i].passage.rank == top)
+    favourite = next((i for i in order if units[i].passage.rank == top), lead)
     close = scores[favourite] >= lead_score - FAVOURITE_MARGIN
     if close and units[favourite].passage.chunk.title not in sides:
         chooser.add(favourite)

@@ -1,4 +1,4 @@
-"""Files ftchat writes and checks: sha256 records, the freshness rule, atomic folder swaps.
+"""Files ftchat writes and checks: sha256 records, the freshness rule, atomic writes and folder swaps.
 
 The index (its corpus records and version folders) and the weight cache (the dequantized
 model) both rely on these; one copy keeps their rules the same.
@@ -41,6 +41,14 @@ def is_unchanged(path: Path, record: dict) -> bool:
     if record.get("mtime_ns") == stat.st_mtime_ns:
         return True
     return sha256_file(path) == record["sha256"]
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`path` holds the old text or the new, never a part of either."""
+    staging = path.with_name(f".{path.name}.part")
+    staging.write_text(text, encoding="utf-8")
+    fsync(staging)
+    os.replace(staging, path)
 
 
 def fsync(path: Path) -> None:

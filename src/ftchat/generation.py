@@ -40,6 +40,8 @@ class Generator:
         self.source = source
         self.dtype = dtype
         self.load_seconds = load_seconds
+        # The model continues the answer's opening (ModelPreset.continues_opening).
+        self.continues_opening = False
         # Tokens the model decoded in the last stream(): what the answer actually cost.
         self.last_decoded_tokens = 0
         self._lock = threading.Lock()
@@ -92,11 +94,15 @@ class Generator:
 
 def prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
     """The token ids a chat model sees before it writes its answer (training.py trains on
-    exactly these)."""
+    exactly these). A last assistant message is the start of the answer: the model
+    continues it (transformers' continue_final_message, which ChatTokenizer lacks)."""
+    start = ""
+    if messages and messages[-1]["role"] == "assistant":
+        messages, start = messages[:-1], messages[-1]["content"]
     encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(encoded, dict) or hasattr(encoded, "keys"):
         encoded = encoded["input_ids"]
-    return list(encoded)
+    return list(encoded) + (list(tokenizer.encode(start, add_special_tokens=False)) if start else [])
 
 
 def _repeats(generated: list[int], window: int) -> bool:

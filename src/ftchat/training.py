@@ -122,16 +122,19 @@ def load_rows(path: Path) -> list[dict]:
             raise TrainingError(f"{where}: {line.error}")
         if not isinstance(row, dict):
             raise TrainingError(f"{where}: a row must be a JSON object")
-        for key in ("question", "target"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise TrainingError(f'{where}: "{key}" must be a non-empty string')
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise TrainingError(f'{where}: "question" must be a non-empty string')
         messages = row.get("messages")
         if (not isinstance(messages, list) or not messages
                 or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
                            and isinstance(m.get("content"), str) for m in messages)):
             raise TrainingError(f'{where}: "messages" must be a list of {{"role", "content"}} strings')
-        if messages[-1]["role"] != "user":
-            raise TrainingError(f'{where}: "messages" must end with the user turn (the prompt)')
+        if messages[-1]["role"] not in ("user", "assistant"):
+            raise TrainingError(f'{where}: "messages" must end with the user turn or the answer\'s start')
+        # After an answer's start the answer may be complete already: then the target is "".
+        continues = messages[-1]["role"] == "assistant"
+        if not isinstance(row.get("target"), str) or not (continues or row["target"].strip()):
+            raise TrainingError(f'{where}: "target" must be a non-empty string')
         rows.append(row)
     if not rows:
         raise TrainingError(f"{path} has no rows")
@@ -144,7 +147,10 @@ def encode_row(tokenizer, row: dict, end_id: int) -> Example:
     from .generation import prompt_tokens
 
     prompt = prompt_tokens(tokenizer, row["messages"])
-    answer = list(tokenizer.encode(row["target"].strip(), add_special_tokens=False)) + [end_id]
+    target = row["target"].strip()
+    if target and row["messages"][-1]["role"] == "assistant":
+        target = " " + target  # it continues the answer's start, as the model will write it
+    answer = list(tokenizer.encode(target, add_special_tokens=False)) + [end_id]
     return Example(prompt + answer, [IGNORE] * len(prompt) + answer)
 
 

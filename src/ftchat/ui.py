@@ -361,7 +361,9 @@ def _responder(app: ChatApp):
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         turn = pending[-1]
-        history = [t["question"] for t in state["turns"][: state["turns"].index(turn)]]
+        earlier = state["turns"][: state["turns"].index(turn)]
+        history = [t["question"] for t in earlier]
+        answers = [t["text"] for t in earlier if t.get("text")]
         try:
             chosen = app.assistant_for(model_name, int(tokens))
         except Exception as exc:
@@ -370,7 +372,7 @@ def _responder(app: ChatApp):
             return
         turn.update(text="", note="Searching the guide…")
         yield chat_messages(state["turns"]), state, gr.skip(), app.status(model_name)
-        for kind, value in app.stream(chosen, turn["question"], history, int(k_value)):
+        for kind, value in app.stream(chosen, turn["question"], history, int(k_value), answers):
             if kind == "tick" and turn.get("text"):
                 continue
             _update_turn(turn, kind, value, model_ready=app.loader.ready(chosen.settings.model))
@@ -407,9 +409,12 @@ def _api(app: ChatApp):
     """A clean API for programs (gradio_client): streams {"answer": text so far, "done": False}
     and finally {"done": True, **Answer.to_json()} with citations and passages."""
 
-    def ask(question: str, history: list[str] | None = None, k: int = 0) -> dict:
+    def ask(question: str, history: list[str] | None = None, k: int = 0,
+            earlier_answers: list[str] | None = None) -> dict:
         text = ""
-        for kind, value in app.stream(app.assistant, question, list(history or []), int(k) or None):
+        stream = app.stream(app.assistant, question, list(history or []), int(k) or None,
+                            list(earlier_answers or []))
+        for kind, value in stream:
             if kind == "piece":
                 text += value
                 yield {"answer": text, "done": False}
