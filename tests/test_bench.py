@@ -109,3 +109,8 @@ def test_quick_bench_json_has_the_required_keys(guide_settings, tmp_path):
     assert result["cold_start_answer_ok"]
     assert result["large_corpus_chunks"] >= 200
     assert "| decoding |" in table.read_text()
+    # Both bundled answerers, measured the same way in the same run.
+    assert set(result["presets"]) == {"smollm2-135m", "smollm2-135m-guide"}
+    for figures in result["presets"].values():
+        assert figures["answer_ms_p50"] > 0 and figures["peak_rss_mb"] > 0
+    assert "| preset smollm2-135m-guide: first token / answer" in table.read_text()

@@ -442,6 +442,7 @@ def run(settings: Settings | None = None, quick: bool = False) -> dict:
     _log("retrieval")
     result.update(bench_retrieval(assistant, repeats))
     result.update(_bench_model(assistant, result, quick, repeats))
+    result["presets"] = bench_presets(assistant, quick)
     result.update(_bench_baselines(assistant, result["memory_bandwidth_gbs"], quick, repeats))
 
     _log("index build: the guide")
@@ -496,6 +497,27 @@ def _bench_model(assistant, so_far: dict, quick: bool, repeats: int) -> dict:
     questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
     result.update(bench_answers(assistant, questions, 1 if quick else 2))
     return result
+
+
+def bench_presets(assistant, quick: bool) -> dict:
+    """Both bundled answerers, base and guide-tuned, the same way in this one run: their
+    whole answers (what the tuned model's longer writing costs) and a fresh process's peak
+    memory, so the choice of default is made on one machine's figures."""
+    from .api import Assistant
+    from .models import DEFAULT_MODEL, GUIDE_MODEL
+
+    figures = {}
+    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
+    for name in (DEFAULT_MODEL, GUIDE_MODEL):
+        _log(f"answers with the preset {name}")
+        settings = replace(assistant.settings, model=name)
+        other = Assistant(settings)
+        other._index, other._retriever = assistant.index, assistant.retriever
+        answers = bench_answers(other, questions, 1 if quick else 2)
+        cold = cold_start_answer(settings, questions[0])
+        figures[name] = {**answers, "peak_rss_mb": cold["peak_rss_mb"],
+                         "cold_start_answer_s": cold["seconds"]}
+    return figures
 
 
 def _bench_baselines(assistant, bandwidth: float, quick: bool, repeats: int) -> dict:
@@ -584,6 +606,11 @@ def markdown(r: dict) -> str:
          f"({r['pipeline_overhead']:+.0%} vs raw embedder)",
          f"raw embedder: {_fmt(r['embedder_raw_chunks_per_s'], ' chunks/s')}", "overhead ≤ 25 %"),
     ]
+    for name, p in r.get("presets", {}).items():
+        modes = ", ".join(f"{k} {v}" for k, v in p["answer_modes"].items())
+        rows.append((f"preset {name}: first token / answer, median; peak memory",
+                     f"{_fmt(p['first_token_ms_p50'], ' ms', 0)} / {_fmt(p['answer_ms_p50'], ' ms', 0)}; "
+                     f"{_fmt(p['peak_rss_mb'], ' MB', 0)}", modes, ""))
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads; "
         f"bf16 {'yes' if m['bf16'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}, "
