@@ -390,15 +390,17 @@ def bench(as_json: bool, write_path: Path | None, markdown_path: Path | None, qu
 @click.option("--rank", type=click.IntRange(1, 256), help="LoRA rank (default 16).")
 @click.option("--alpha", type=click.IntRange(1, 1024), help="LoRA alpha (default 32).")
 @click.option("--targets", "target_modules", help="Comma-separated layers to adapt (default: all linear).")
-@click.option("--top-layers", type=click.IntRange(0), help="Adapt only the last N blocks (default 0: all).")
-@click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True), help="Learning rate (2e-4).")
-@click.option("--epochs", type=click.FloatRange(0, min_open=True), help="Epochs (default 3).")
+@click.option("--top-layers", type=click.IntRange(0),
+              help="Adapt only the last N blocks (default 10; 0: all).")
+@click.option("--lr", "learning_rate", type=click.FloatRange(0, min_open=True),
+              help="Learning rate (default 1e-3).")
+@click.option("--epochs", type=click.FloatRange(0, min_open=True), help="Epochs (default 2).")
 @click.option("--max-steps", type=click.IntRange(1), help="Stop after N optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(1), help="Examples per forward pass (default 4).")
 @click.option("--grad-accum", type=click.IntRange(1), help="Forward passes per optimizer step (default 2).")
 @click.option("--max-tokens", type=click.IntRange(16), help="Leave out longer rows (default 768).")
 @click.option("--save-steps", type=click.IntRange(1), help="Checkpoint every N steps (default 25).")
-@click.option("--eval-steps", type=click.IntRange(1), help="Validation loss every N steps (default 25).")
+@click.option("--eval-steps", type=click.IntRange(1), help="Validation loss every N steps (default 50).")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]),
               help="auto: bfloat16 autocast where the CPU runs it natively (default).")

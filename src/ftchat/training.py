@@ -64,9 +64,12 @@ class TrainConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ALL_LINEAR
-    top_layers: int = 0  # LoRA only on the last N blocks (layer-wise fine-tuning); 0: all
-    learning_rate: float = 2e-4
-    epochs: float = 3.0
+    # Chosen on the validation split (docs/training.md): 40-step runs gave validation loss
+    # 0.625 at 2e-4 and 0.462 at 1e-3 on the top 10 blocks; every block trained at 2.4x the
+    # cost per step for a slightly lower training loss, so the top third it is.
+    top_layers: int = 10  # LoRA only on the last N blocks (layer-wise fine-tuning); 0: all
+    learning_rate: float = 1e-3
+    epochs: float = 2.0
     max_steps: int = -1  # stop after this many steps (a measurement, a test); -1: the epochs
     # 8 examples per optimizer step, 4 at a time: activations, not weights, fill memory
     # (6.8 GB peak for 8 x 256 tokens in bfloat16 with LoRA on every block, docs/training.md).
@@ -76,7 +79,7 @@ class TrainConfig:
     warmup: float = 0.05  # share of the steps with a rising learning rate
     seed: int = 0
     save_steps: int = 25
-    eval_steps: int = 25
+    eval_steps: int = 50  # a validation pass costs about as much as 10 training steps
     logging_steps: int = 5
     dtype: str = "auto"  # "bfloat16" (autocast) where the CPU runs it natively, else float32
     threads: int = 0  # 0: the settings' (FTCHAT_THREADS)
