@@ -17,7 +17,7 @@ import torch
 
 from ftchat import adapters
 from ftchat.adapters import ADAPTER_FILE, MANIFEST, PLOT_FILE, verify_adapter
-from ftchat.answer import SYSTEM_PROMPT
+from ftchat.answer import SYSTEM_PROMPT, cited_numbers
 from ftchat.config import Settings
 from ftchat.files import sha256_file
 from ftchat.generation import prompt_tokens
@@ -194,7 +194,7 @@ def adapters_dir(tmp_path_factory, settings) -> Path:
     training writes one: big enough to change the logits visibly."""
     model, _, base, gguf = base_model(settings, GUIDE_MODEL)
     torch.manual_seed(0)
-    peft_model = lora_model(model, TrainConfig(rank=4, alpha=8))
+    peft_model = lora_model(model, TrainConfig(rank=4, alpha=8, top_layers=0))
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
@@ -274,3 +274,21 @@ def test_a_damaged_adapter_is_one_line_and_the_base_model_answers(adapters_dir, 
     assert warnings[0].endswith(f"answering with the base model {DEFAULT_MODEL} instead")
     assert generator.name == DEFAULT_MODEL
     assert len("".join(generator.stream(PROMPT)).split()) >= 3
+
+
+# --- The shipped adapter -------------------------------------------------------------------
+
+
+@pytest.mark.slow  # merges the shipped adapter into SmolLM2 and answers through the pipeline
+def test_the_shipped_adapter_loads_merges_and_answers_with_citations(guide_settings):
+    from ftchat.api import Assistant
+
+    folder = Settings().adapters_dir / GUIDE_MODEL
+    manifest = verify_adapter(folder)  # its file is the one its manifest describes
+    assert (folder / ADAPTER_FILE).stat().st_size <= 20 * 1024 * 1024 and (folder / PLOT_FILE).is_file()
+    assert manifest["base"]["sha256"] == sha256_file(preset_gguf(PRESETS[DEFAULT_MODEL]))
+    assistant = Assistant(replace(guide_settings, model=GUIDE_MODEL, threads=1))
+    assert assistant.generator.name == GUIDE_MODEL and assistant.generator.continues_opening
+    answer = assistant.ask("How does QLoRA save memory?")
+    assert answer.answerable and answer.model == GUIDE_MODEL and answer.mode in {"generated", "extractive"}
+    assert answer.citations and set(cited_numbers(answer.text)) == {c.n for c in answer.citations}

@@ -380,7 +380,7 @@ def already_shown(units: list[Unit], vectors: np.ndarray, shown: Sequence[str],
 
 
 def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: str,
-            question_terms: set[str], overviews: set[str], repeats: set[int]) -> list[int]:
+            question_terms: set[str], overviews: set[str], repeats: set[int] = frozenset()) -> list[int]:
     # What the reader has already read is left out, unless it is all there is.
     order = [i for i in sorted(range(len(units)), key=lambda i: -scores[i]) if i not in repeats]
     order = order or sorted(range(len(units)), key=lambda i: -scores[i])
