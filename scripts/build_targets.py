@@ -25,19 +25,10 @@ from ftchat import answer as ans
 from ftchat.api import Assistant
 from ftchat.chunking import split_sentences
 from ftchat.config import REPO_ROOT
-from ftchat.evidence import EvidenceSet, select_evidence
+from ftchat.evidence import EvidenceSet
 from ftchat.files import write_text_atomically
 
 DEFAULT_FILES = [REPO_ROOT / "train" / "targets.jsonl", REPO_ROOT / "train" / "targets.val.jsonl"]
-
-
-def evidence_for(assistant: Assistant, question: str) -> EvidenceSet:
-    """The evidence the pipeline selects for a first question (no conversation before it)."""
-    retriever = assistant.retriever
-    query = ans.condense(question, [])
-    vector = retriever.embedder.encode([query])[0]
-    passages = retriever.search(query, assistant.settings.top_k, vector)
-    return select_evidence(query, passages, retriever.embedder, vector, assistant.index.keyword.idf)
 
 
 def continuation(written: str, evidence: EvidenceSet, assistant: Assistant) -> str | None:
@@ -54,7 +45,7 @@ def continuation(written: str, evidence: EvidenceSet, assistant: Assistant) -> s
 
 def rebuild(row: dict, assistant: Assistant) -> dict | None:
     written = row.get("answer") or row["target"]
-    evidence = evidence_for(assistant, row["question"])
+    evidence = assistant.evidence(row["question"])  # as for a first question
     if not {e.passage.chunk.title for e in evidence.items} & set(row["sections"]):
         return None
     target = continuation(written, evidence, assistant)

@@ -15,7 +15,6 @@ import pytest
 from ftchat import answer as ans
 from ftchat.chunking import split_sentences
 from ftchat.config import REPO_ROOT
-from ftchat.evidence import select_evidence
 
 TARGET_FILES = [REPO_ROOT / "train" / "targets.jsonl", REPO_ROOT / "train" / "targets.val.jsonl"]
 
@@ -27,20 +26,12 @@ def _rows() -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def _evidence(assistant, question: str):
-    retriever = assistant.retriever
-    query = ans.condense(question, [])
-    vector = retriever.embedder.encode([query])[0]
-    passages = retriever.search(query, assistant.settings.top_k, vector)
-    return select_evidence(query, passages, retriever.embedder, vector, assistant.index.keyword.idf)
-
-
 def test_every_target_is_trained_on_the_prompt_the_pipeline_builds_and_passes_verification(assistant) -> None:
     rows = _rows()
     assert len(rows) >= 1000
     stale, unsupported, repeats = [], [], []
     for row in rows:
-        evidence = _evidence(assistant, row["question"])
+        evidence = assistant.evidence(row["question"])
         opening = ans.opening(evidence)
         if row["messages"] != ans.build_messages(row["question"], evidence, start=opening):
             stale.append(row["question"])

@@ -128,10 +128,7 @@ class Assistant:
             yield text
             yield turn.answer(text, False, "declined")
             return
-        evidence = select_evidence(
-            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf,
-            ans.shown_sentences(question, earlier_answers or []), question,
-        )
+        evidence = self._evidence(turn, earlier_answers)
         # The opening is the guide's own sentence: shown now, before the model loads or
         # writes, and kept whatever the model's wording turns out to be.
         check = StreamCheck(evidence, retriever.embedder, opening=True)
@@ -167,6 +164,20 @@ class Assistant:
         if text[len(check.text):]:
             yield text[len(check.text):]
         yield turn.answer(text, True, "extractive", evidence, tokens, check.dropped)
+
+    def evidence(self, question: str, history: list[str] | None = None,
+                 earlier_answers: list[str] | None = None) -> EvidenceSet:
+        """The evidence an answer to `question` is built from (the gate aside): what the
+        model is prompted with, and what its training rows are built on."""
+        question = clean_question(question, self.settings)
+        return self._evidence(self._retrieve(question, history or [], None), earlier_answers)
+
+    def _evidence(self, turn: _Turn, earlier_answers: list[str] | None) -> EvidenceSet:
+        retriever = self.retriever
+        return select_evidence(
+            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf,
+            ans.shown_sentences(turn.question, earlier_answers or []), turn.question,
+        )
 
     def _retrieve(self, question: str, history: list[str], k: int | None) -> _Turn:
         """The passages for a question read with its conversation, timed apart from start-up."""
