@@ -374,16 +374,18 @@ def already_shown(units: list[Unit], vectors: np.ndarray, shown: Sequence[str],
     """The units the reader has read in an earlier answer: quoted there, or said again in
     the model's words (as close as two sections' definitions of one term)."""
     earlier = " ".join(" ".join(shown).split())
-    close = (vectors @ embedder.encode(list(shown)).T).max(axis=1)
+    # Remembered: quoted sentences are guide units embedded already, and every later turn
+    # of the conversation asks about the same sentences again.
+    close = (vectors @ embedder.encode_remembered(list(shown)).T).max(axis=1)
     return {i for i, u in enumerate(units)
             if " ".join(u.text.split()) in earlier or float(close[i]) > NEAR_DUPLICATE}
 
 
 def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: str,
             question_terms: set[str], overviews: set[str], repeats: set[int] = frozenset()) -> list[int]:
+    ranked = sorted(range(len(units)), key=lambda i: -scores[i])
     # What the reader has already read is left out, unless it is all there is.
-    order = [i for i in sorted(range(len(units)), key=lambda i: -scores[i]) if i not in repeats]
-    order = order or sorted(range(len(units)), key=lambda i: -scores[i])
+    order = [i for i in ranked if i not in repeats] or ranked
     chooser = _Chooser(units, vectors, WORD_BUDGET[kind])
     # The best unit leads, and its section answers. The fused ranking's favourite gets a
     # head start (it knows more than one sentence's similarity), but a category overview
