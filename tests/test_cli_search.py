@@ -274,7 +274,7 @@ def test_unusable_setting_is_a_one_line_error(cli_settings, cli_env, variable, v
 @pytest.mark.parametrize(
     "variable, message",
     [
-        ("FTCHAT_DTYPE", "Unknown dtype 'float8'; choose auto, float32, bfloat16, int8 (FTCHAT_DTYPE)"),
+        ("FTCHAT_DTYPE", "Unknown dtype 'float8'; choose auto, float32, bfloat16, int4, int8 (FTCHAT_DTYPE)"),
         ("FTCHAT_DECODER", "Unknown decoder 'float8'; choose auto or transformers (FTCHAT_DECODER)"),
     ],
 )

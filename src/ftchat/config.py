@@ -77,8 +77,8 @@ def _env_auth() -> tuple[str, str] | None:
         raise SettingsError(f"FTCHAT_AUTH: {exc}") from None
 
 
-DTYPES = ("float32", "bfloat16", "int8")
-_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "qint8": "int8"}
+DTYPES = ("float32", "bfloat16", "int4", "int8")
+_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "qint8": "int8", "q4": "int4"}
 DECODERS = ("auto", "transformers")
 
 
@@ -99,20 +99,26 @@ def _checked_decoder(value: str) -> str:
 
 
 def resolve_dtype(value: str) -> str:
-    """'auto' is bfloat16 where the CPU has native bf16 instructions, else float32.
+    """'auto' is bfloat16 where the CPU has native bf16 instructions, else int4 where torch's
+    int4 kernel runs, else float32.
 
     Measured on the eval set (idle 2-core EPYC with avx512_bf16): bfloat16 gave exactly the
     float32 figures on every answer metric, with half the weight memory and ~1.3x faster
-    decoding. int8 (dynamic quantization) decodes ~2-3x faster but agreed with float32's
-    next token only 64% of the time on answer prompts (bfloat16: 97.5%) and visibly hurt
-    the text, so it stays opt-in. Without native bf16, bfloat16 is emulated and slower.
+    decoding. Without native bf16 (most laptops: AVX2 only) bfloat16 matrix products are
+    emulated and slower than float32, so the blocks' weights stay in the bundled GGUF's own
+    4-bit groups instead (int4: llama.py), an eighth of float32's bytes per token, with
+    float32 between the products; docs/speed.md has the figures. int8 (dynamic
+    quantization) agreed with float32's next token only 64% of the time on answer prompts
+    and visibly hurt the text, so it stays opt-in.
     """
     value = _checked_dtype(value)
     if value != "auto":
         return value
-    from .cpu import bf16_native  # reads /proc/cpuinfo (and torch only where bf16 exists)
+    from .cpu import bf16_native, int4_kernels  # read /proc/cpuinfo, and torch where needed
 
-    return "bfloat16" if bf16_native() else "float32"
+    if bf16_native():
+        return "bfloat16"
+    return "int4" if int4_kernels() else "float32"
 
 
 GATE_FILE = PACKAGE_DIR / "gate.json"
@@ -166,8 +172,8 @@ class Settings:
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
     max_question_chars: int = 2000
     # Generator speed: weight dtype ("auto" = bfloat16 where the CPU runs it natively, else
-    # float32; or "float32", "bfloat16", "int8") and torch threads (0 = torch's default, one
-    # per physical core). `ftchat bench` shows what was chosen.
+    # int4, else float32; or "float32", "bfloat16", "int4", "int8") and torch threads (0 =
+    # torch's default, one per physical core). `ftchat bench` shows what was chosen.
     dtype: str = field(default_factory=lambda: os.environ.get("FTCHAT_DTYPE", "auto"))
     threads: int = field(default_factory=lambda: _env_number("FTCHAT_THREADS", "0", int, 0))
     # Decoding loop: "auto" = ftchat's own for Llama-architecture models (llama.py, about

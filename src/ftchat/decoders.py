@@ -3,12 +3,14 @@ transformers' generate() for every other model.
 
 Llama-architecture models (the default among them) decode with llama.py, about twice as
 fast as generate() here with the same tokens; int8 (dynamic quantization) exists only for
-transformers models, so it always decodes with generate().
+transformers models, so it always decodes with generate(), and int4 (4-bit weight groups,
+torch's int4 kernel) only in llama.py.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from typing import Protocol
 
 from .memory import release_free_memory
 from .weights import WEIGHTS_FILE, SafetensorsFile, torch_dtype
+
+log = logging.getLogger(__name__)
 
 
 class Decoder(Protocol):
@@ -182,7 +186,7 @@ def llama_from_folder(folder: Path, dtype: str):
             return None
     except (OSError, ValueError, KeyError):
         return None
-    decoder = LlamaDecoder(config, tensors, torch_dtype(dtype))
+    decoder = build_llama(config, tensors, dtype)
     release_free_memory()  # the per-layer reads and fused copies, freed but still held by malloc
     return decoder, config
 
@@ -204,4 +208,17 @@ def llama_from_model(model, dtype: str):
     config = model.config.to_dict()
     if not LlamaDecoder.supports(config):
         return None
-    return LlamaDecoder(config, model.state_dict(), torch_dtype(dtype))
+    return build_llama(config, model.state_dict(), dtype)
+
+
+def build_llama(config: dict, tensors, dtype: str):
+    """A LlamaDecoder in `dtype`; for int4 where this torch cannot (no int4 kernel, matrices
+    that do not split into groups), one warning and float32."""
+    from .llama import LlamaDecoder
+
+    if dtype == "int4":
+        try:
+            return LlamaDecoder(config, tensors, torch_dtype("float32"), int4=True)
+        except ValueError as exc:
+            log.warning("int4 weights unavailable (%s); decoding in float32", exc)
+    return LlamaDecoder(config, tensors, torch_dtype(dtype))

@@ -163,7 +163,8 @@ def load_generator(settings: Settings) -> Generator:
 
 def _load_model(settings: Settings) -> Generator:
     """A preset, a local model folder or a hub id, decoded by llama.py where it can be
-    (decoder "auto", a Llama model, not int8) and by transformers otherwise."""
+    (decoder "auto", a Llama model, not int8) and by transformers otherwise. int4 falls back
+    to float32 where it cannot apply (transformers, or no int4 kernel), with a warning."""
     from . import decoders, weights
     from .chat_tokenizer import load_chat_tokenizer
     from .generation import Generator
@@ -171,7 +172,10 @@ def _load_model(settings: Settings) -> Generator:
 
     name, dtype = settings.model, settings.resolved_dtype
     own_loop = settings.decoder == "auto" and dtype != "int8"
-    load_dtype = "float32" if dtype == "int8" else dtype  # int8 is quantized from float32
+    if dtype == "int4" and not own_loop:
+        log.warning("int4 weights need ftchat's own decoder; transformers decodes in float32")
+        dtype = "float32"
+    load_dtype = "float32" if dtype in ("int8", "int4") else dtype  # both quantized from float32
     known = [n for n, p in PRESETS.items() if p.kind == "generator"]
     if name in known and PRESETS[name].adapter:
         name, loaded = _adapted_or_base(PRESETS[name], settings, load_dtype)
@@ -192,7 +196,7 @@ def _load_model(settings: Settings) -> Generator:
             llama, config = direct
             tokenizer = load_chat_tokenizer(loaded)
             stop_ids = decoders.folder_stop_ids(loaded, config, tokenizer)
-            return Generator(name, tokenizer, llama, stop_ids, str(loaded), dtype)
+            return Generator(name, tokenizer, llama, stop_ids, str(loaded), llama.weights_dtype)
         loaded = weights.load_transformers(str(loaded), load_dtype, known)
     model = loaded.model.eval()
     stop_ids = decoders.stop_ids_of(model, loaded.tokenizer)
@@ -201,7 +205,10 @@ def _load_model(settings: Settings) -> Generator:
         del model  # the transformers copy is let go: the decoder holds its own weights
         loaded.model = None
         release_free_memory()
-        return Generator(name, loaded.tokenizer, llama, stop_ids, loaded.source, dtype)
+        return Generator(name, loaded.tokenizer, llama, stop_ids, loaded.source, llama.weights_dtype)
+    if dtype == "int4":
+        log.warning("%s is not a Llama model ftchat decodes itself, so int4 does not apply: float32", name)
+        dtype = "float32"
     if dtype == "int8":
         model = decoders.quantize_int8(model)
     pad = loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id

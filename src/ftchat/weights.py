@@ -83,6 +83,7 @@ class SafetensorsFile(Mapping):
 
 
 def torch_dtype(dtype: str):
+    """The torch dtype a model is loaded in: int4 and int8 are quantized from float32."""
     import torch
 
     return torch.bfloat16 if dtype == "bfloat16" else torch.float32

@@ -1,0 +1,142 @@
+"""int4 weights (llama.py): the bundled GGUF's 4-bit groups, computed by torch's int4 kernel.
+
+What most laptops (AVX2, no native bf16) decode with by default. Checked here: the groups
+come back exactly from the float32 weights, the decoder agrees with float32 where it can
+and falls back to it where it cannot, and "auto" picks it by what torch and oneDNN may use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from test_llama import reference_greedy, tiny_llama
+
+from ftchat import llama
+from ftchat.decoders import build_llama
+from ftchat.llama import GROUP, LlamaDecoder, dequantize_groups, quantize_groups
+
+pytestmark = pytest.mark.skipif(not llama.int4_available(), reason="this torch has no int4 CPU kernel")
+
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def four_bit_matrix(rows: int, columns: int, seed: int) -> torch.Tensor:
+    """What a Q4_1 file dequantizes to: each group of 32 is low + scale * q, q in 0..15, with
+    both ends used (llama.cpp's quantizer takes the group's minimum and maximum), and the
+    scale and low float16 numbers."""
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (rows, columns), generator=generator)
+    q[:, ::GROUP], q[:, 1::GROUP] = 0, 15
+    scale = (torch.rand(rows, columns // GROUP, generator=generator) * 0.05 + 1e-3).half().float()
+    low = (-torch.rand(rows, columns // GROUP, generator=generator) * 0.4).half().float()
+    return dequantize_groups(q, scale, low)
+
+
+def test_four_bit_groups_quantize_back_to_the_same_weights() -> None:
+    weight = four_bit_matrix(48, 128, 0)
+    q, scale, low = quantize_groups(weight)
+    assert q.min() >= 0 and q.max() <= 15
+    assert torch.allclose(dequantize_groups(q, scale, low), weight, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="groups of 32"):
+        quantize_groups(torch.randn(4, 40))
+
+
+def four_bit_llama():
+    """The tiny Llama with every block matrix in exact 4-bit groups, as the bundled model's are."""
+    model = tiny_llama()
+    state = model.state_dict()
+    for seed, (name, tensor) in enumerate(state.items()):
+        if ".layers." in name and name.endswith("proj.weight"):
+            state[name] = four_bit_matrix(*tensor.shape, seed)
+    model.load_state_dict(state)
+    return model, state
+
+
+def test_int4_decoder_computes_what_float32_computes_on_the_same_weights() -> None:
+    model, state = four_bit_llama()
+    config = model.config.to_dict()
+    exact = LlamaDecoder(config, state, torch.float32)
+    int4 = LlamaDecoder(config, state, torch.float32, int4=True)
+    assert (int4.weights_dtype, int4.backend) == ("int4", "ftchat-llama (int4-weights)")
+    assert exact.weights_dtype == "float32" and "4-bit groups" in int4.quantization
+    assert int4.weight_bytes() < exact.weight_bytes() / 2
+    prompt = [5, 17, 3, 99, 42, 8, 23]
+    got, expected = int4.choices(prompt), exact.choices(prompt)
+    keys = torch.zeros(3, 2, 20, 16)
+    with torch.inference_mode():
+        logits = int4._forward(torch.tensor(prompt), 0, keys, torch.zeros_like(keys))
+        reference = model(torch.tensor([prompt])).logits[0, -1]
+    # Only the activations' rounding to bfloat16 at each product differs: well under 1%.
+    assert float((logits - reference).norm() / reference.norm()) < 0.01
+    assert sum(a == b for a, b in zip(got, expected, strict=True)) >= len(prompt) - 1
+
+
+def test_int4_falls_back_to_float32_with_a_warning_where_it_cannot_run(monkeypatch, caplog) -> None:
+    model, state = four_bit_llama()
+    monkeypatch.setattr(llama, "_int4_kernel", lambda: None)  # a torch without the kernel
+    with caplog.at_level(logging.WARNING):
+        decoder = build_llama(model.config.to_dict(), state, "int4")
+    assert decoder.weights_dtype == "float32" and "int4 weights unavailable" in caplog.text
+    assert list(decoder.greedy([1, 2, 3, 4], 10, set())) == reference_greedy(model, [1, 2, 3, 4], 10)
+
+
+def test_a_prompt_that_opens_like_the_last_one_reads_only_what_follows(monkeypatch) -> None:
+    """Every answer prompt opens with the same system prompt: its keys and values are kept
+    from the last prompt, and the tokens still match generate() on the whole prompt."""
+    model = tiny_llama()
+    decoder = LlamaDecoder(model.config.to_dict(), model.state_dict(), torch.float32)
+    first = [5, 17, 3, 99, 42, 8, 23, 61]
+    second = first[:5] + [70, 71, 72]
+    list(decoder.greedy(first, 5, set()))
+    read = []
+    forward = decoder._forward
+    monkeypatch.setattr(decoder, "_forward",
+                        lambda ids, *rest, **kw: read.append(len(ids)) or forward(ids, *rest, **kw))
+    assert list(decoder.greedy(second, 20, set())) == reference_greedy(model, second, 20)
+    assert read[0] == 3  # the five shared tokens were not read again
+    read.clear()
+    assert list(decoder.greedy(second, 20, set())) == reference_greedy(model, second, 20)
+    assert read[0] == 1  # the same prompt again: only its last token, for the first logits
+
+
+def resolved_dtype(env: dict) -> str:
+    code = "from ftchat.config import resolve_dtype; print(resolve_dtype('auto'))"
+    clean = {k: v for k, v in os.environ.items() if k not in AVX2_ONLY and not k.startswith("FTCHAT_")}
+    result = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_auto_picks_int4_where_bf16_is_not_native() -> None:
+    """An AVX2-only CPU, emulated by torch's and oneDNN's own switches, gets int4; so does a
+    CPU whose oneDNN alone is held below bf16. A CPU with native bf16 keeps bfloat16."""
+    from ftchat.cpu import bf16_native
+
+    assert resolved_dtype(AVX2_ONLY) == "int4"
+    assert resolved_dtype({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "int4"
+    assert resolved_dtype({}) == ("bfloat16" if bf16_native() else "int4")
+
+
+@pytest.mark.slow  # reads a third of the bundled model's 540 MB of float32 weights
+def test_the_bundled_model_is_exactly_four_bit_groups(guide_settings) -> None:
+    """Why int4 changes no weight: every block matrix of the dequantized GGUF comes back
+    bit for bit from its groups' minimum and maximum (every third layer here, for time;
+    all 210 matrices did when this was written)."""
+    from ftchat.models import get_generator
+    from ftchat.weights import SafetensorsFile
+
+    folder = get_generator(replace(guide_settings, dtype="float32")).source
+    tensors = SafetensorsFile(Path(folder) / "model.safetensors")
+    matrices = [name for name in tensors if ".layers." in name and name.endswith("proj.weight")]
+    assert len(matrices) == 7 * 30
+    for name in [n for n in matrices if int(n.split(".")[2]) % 3 == 0]:
+        weight = tensors[name]
+        assert torch.equal(dequantize_groups(*quantize_groups(weight)), weight), name
