@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.ftchat-runtime
 DEV_STAMP := $(VENV)/.ftchat-dev
 
-.PHONY: run setup setup-dev test test-fast lint index bench calibrate loadtest train clean
+.PHONY: run setup setup-dev test test-fast lint index vectors bench calibrate loadtest train clean
 
 run: setup
 	$(BIN)/python app.py
@@ -41,6 +41,11 @@ lint: setup-dev
 
 index: setup
 	$(BIN)/ftchat index
+
+# The embedder's vectors of the bundled guide and its sample questions, shipped in the package
+# so that a first index build embeds none of them; run after editing corpus/ or train/.
+vectors: setup
+	$(BIN)/python scripts/ship_vectors.py
 
 bench: setup
 	$(BIN)/ftchat bench --write bench/results.json --markdown bench/results.md

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import random
 import shutil
@@ -356,3 +357,40 @@ def test_sigkill_during_rebuild_never_leaves_a_broken_index(fresh_settings, cli_
         assert any(f"{delay:.2f}s" in c.text for c in index.chunks), f"stale index after kill at {delay:.2f}s"
         assert versions(fresh_settings.index_dir) == [index.path.name]
         assert Index.load(fresh_settings.index_dir).path == index.path
+
+
+# --- Vectors shipped for the bundled guide -------------------------------------------------
+
+
+def test_a_first_build_of_the_bundled_guide_embeds_nothing(guide_settings):
+    """The package's vectors cover every chunk of corpus/ and every sample question, so the
+    first start builds its index without running the embedder over them. If this fails,
+    corpus/ or train/questions.jsonl changed since: run `make vectors`."""
+    index = Index.load(guide_settings.index_dir)
+    assert len(index.chunks) > 200 and len(index.questions) > 1000
+    assert index.manifest["embedded"] == 0
+
+
+def test_the_shipped_vectors_are_the_embedders_own(guide_settings):
+    """A sample of them, embedded afresh here: the same vectors (to float rounding)."""
+    from ftchat.index import _text_key, shipped_vectors
+    from ftchat.models import get_embedder
+
+    index = Index.load(guide_settings.index_dir)
+    texts = [c.embedding_text() for c in index.chunks[::40]] + [q.question for q in index.questions[::300]]
+    shipped = shipped_vectors(guide_settings.embedder)
+    fresh = get_embedder(guide_settings.embedder).encode(texts)
+    for text, vector in zip(texts, fresh, strict=True):
+        assert np.allclose(shipped[_text_key(text)], vector, atol=1e-5), text[:60]
+
+
+def test_damaged_or_foreign_shipped_vectors_are_not_used(tmp_path, caplog):
+    from ftchat.index import SHIPPED_VECTORS, shipped_vectors
+
+    assert shipped_vectors("some-other-embedder") == {}
+    damaged = tmp_path / "guide_vectors.npz"
+    damaged.write_bytes(SHIPPED_VECTORS.read_bytes()[:5000])
+    with caplog.at_level(logging.WARNING):
+        assert shipped_vectors("all-MiniLM-L6-v2", damaged) == {}
+    assert "Ignoring the shipped vectors" in caplog.text
+    assert shipped_vectors("all-MiniLM-L6-v2", tmp_path / "missing.npz") == {}

@@ -19,7 +19,8 @@ SRC = Path(models.__file__).resolve().parent
 
 
 @pytest.mark.parametrize(("variable", "value", "message"), [
-    ("FTCHAT_DTYPE", "float8", "Unknown dtype 'float8'; choose auto, float32, bfloat16, int4, int8 (FTCHAT_DTYPE)"),
+    ("FTCHAT_DTYPE", "float8",
+     "Unknown dtype 'float8'; choose auto, float32, bfloat16, int4, int8 (FTCHAT_DTYPE)"),
     ("FTCHAT_DECODER", "vllm", "Unknown decoder 'vllm'; choose auto or transformers (FTCHAT_DECODER)"),
     ("FTCHAT_THREADS", "-1", "FTCHAT_THREADS must be at least 0, got '-1'"),
     ("FTCHAT_THREADS", "two", "FTCHAT_THREADS must be a whole number, got 'two'"),

@@ -45,8 +45,13 @@ def is_unchanged(path: Path, record: dict) -> bool:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """`path` holds the old text or the new, never a part of either."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """`path` holds the old bytes or the new, never a part of either."""
     staging = path.with_name(f".{path.name}.part")
-    staging.write_text(text, encoding="utf-8")
+    staging.write_bytes(data)
     fsync(staging)
     os.replace(staging, path)
 

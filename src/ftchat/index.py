@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ from .chunking import Chunk, chunk_sections
 from .config import Settings
 from .corpus import display_path, iter_files, load_sources
 from .embedding import Embedder
-from .files import file_record, fsync, is_unchanged, sha256_file, staged_folder
+from .files import file_record, fsync, is_unchanged, sha256_file, staged_folder, write_bytes_atomically
 from .models import get_embedder
 from .questions import SampleQuestion, load_sample_questions
 
@@ -182,8 +184,10 @@ class Index:
         texts = [c.embedding_text() for c in chunks]
 
         # Re-use vectors of unchanged chunks from the previous index (same embedder), so
-        # adding one document does not re-embed the whole guide.
-        known: dict[str, np.ndarray] = {}
+        # adding one document does not re-embed the whole guide; and those the package ships
+        # for the bundled guide and its sample questions, so a first build embeds no text of
+        # them (15 s on a 2-core laptop, most of the first start).
+        known = shipped_vectors(embedder.name)
         if previous is not None and previous.manifest.get("embedder") == embedder.name:
             stored = previous.vectors.reconstruct_n(0, previous.vectors.ntotal)
             known = {_text_key(c.embedding_text()): stored[i] for i, c in enumerate(previous.chunks)}
@@ -305,6 +309,43 @@ class Index:
             if not is_unchanged(path, recorded[name]):
                 return f"{name} changed"
         return None
+
+
+# Vectors of the bundled guide's chunks and sample questions, by text (`_text_key`), for
+# the default embedder: written by `make vectors` (scripts/ship_vectors.py), checked against
+# fresh embeddings by tests/test_index.py. A text that changed since is simply embedded.
+SHIPPED_VECTORS = Path(__file__).resolve().parent / "guide_vectors.npz"
+
+
+def shipped_vectors(embedder_name: str, path: Path | None = None) -> dict[str, np.ndarray]:
+    """The shipped vectors by text key, where they were made by this embedder (else none);
+    a missing or damaged file is no shipped vectors, only a slower first build."""
+    path = path or SHIPPED_VECTORS
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["embedder"]) != embedder_name:
+                return {}
+            keys, vectors = stored["keys"], stored["vectors"].astype(np.float32)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        if path.exists():
+            log.warning("Ignoring the shipped vectors in %s (%s); the guide is embedded instead", path, exc)
+        return {}
+    if len(keys) != len(vectors):
+        log.warning("Ignoring the shipped vectors in %s (key and vector counts differ)", path)
+        return {}
+    return dict(zip((str(k) for k in keys), vectors, strict=True))
+
+
+def save_shipped_vectors(index: Index, path: Path = SHIPPED_VECTORS) -> int:
+    """Write the vectors of `index`'s chunks and sample questions for `shipped_vectors`."""
+    texts = [c.embedding_text() for c in index.chunks] + [q.question for q in index.questions]
+    stored = index.vectors.reconstruct_n(0, index.vectors.ntotal)
+    vectors = np.concatenate([stored, index.question_vectors]).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, embedder=np.str_(index.manifest["embedder"]),
+                        keys=np.array([_text_key(t) for t in texts]), vectors=vectors)
+    write_bytes_atomically(path, buffer.getvalue())
+    return len(texts)
 
 
 def _embed(texts: list[str], embedder: Embedder, known: dict[str, np.ndarray],
