@@ -373,7 +373,7 @@ def test_a_first_build_of_the_bundled_guide_embeds_nothing(guide_settings):
 
 def test_the_shipped_vectors_are_the_embedders_own(guide_settings):
     """A sample of them, embedded afresh here: the same vectors (to float rounding)."""
-    from ftchat.index import _text_key, shipped_vectors
+    from ftchat.index import shipped_vectors, text_key
     from ftchat.models import get_embedder
 
     index = Index.load(guide_settings.index_dir)
@@ -381,7 +381,7 @@ def test_the_shipped_vectors_are_the_embedders_own(guide_settings):
     shipped = shipped_vectors(guide_settings.embedder)
     fresh = get_embedder(guide_settings.embedder).encode(texts)
     for text, vector in zip(texts, fresh, strict=True):
-        assert np.allclose(shipped[_text_key(text)], vector, atol=1e-5), text[:60]
+        assert np.allclose(shipped[text_key(text)], vector, atol=1e-5), text[:60]
 
 
 def test_damaged_or_foreign_shipped_vectors_are_not_used(tmp_path, caplog):
@@ -394,3 +394,19 @@ def test_damaged_or_foreign_shipped_vectors_are_not_used(tmp_path, caplog):
         assert shipped_vectors("all-MiniLM-L6-v2", damaged) == {}
     assert "Ignoring the shipped vectors" in caplog.text
     assert shipped_vectors("all-MiniLM-L6-v2", tmp_path / "missing.npz") == {}
+
+
+def test_the_bundled_guides_sentences_are_known_without_the_embedder(guide_settings):
+    """Evidence is chosen among a section's sentences: for the bundled guide their vectors
+    ship too, so a first question embeds only itself (the model is not even loaded here)."""
+    from ftchat.api import Assistant, _whole_sections
+    from ftchat.embedding import Embedder
+    from ftchat.evidence import unit_texts
+
+    index = Index.load(guide_settings.index_dir)
+    fresh = Embedder(guide_settings.embedder)
+    Assistant._remember_shipped_sentences(index, fresh)
+    texts = unit_texts(_whole_sections(index))
+    assert len(texts) > 1000
+    assert fresh._model is None and len(fresh.encode_remembered(texts)) == len(texts)
+    assert fresh._model is None  # every one of them was remembered, none encoded

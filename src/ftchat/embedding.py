@@ -189,6 +189,15 @@ class Embedder:
         vectors = self.model.encode(list(texts), batch_size=batch_size, progress=progress)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def remember(self, vectors: dict[str, np.ndarray]) -> None:
+        """Vectors made earlier by this same model (index.shipped_vectors), kept as if encoded."""
+        with self._memory_lock:
+            for text, vector in vectors.items():
+                self._remembered[text] = vector
+                self._remembered.move_to_end(text)
+            while len(self._remembered) > self.SENTENCE_MEMORY:
+                self._remembered.popitem(last=False)
+
     def encode_remembered(self, texts: list[str]) -> np.ndarray:
         """encode(), remembering each text's vector for later calls (least recently used go)."""
         if not texts:

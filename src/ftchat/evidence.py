@@ -318,10 +318,15 @@ def remember_unit_vectors(passages: list[Passage], embedder: Embedder, batch: in
     so that choosing evidence for a first-time question embeds nothing but the question.
     Embedding a question's five passages' units took 0.5-1.5 s on this 2-core machine
     under load, and that was the wait before a page could show any answer text."""
-    texts = [u.text for p in passages for u in passage_units(p)]
+    texts = unit_texts(passages)
     for start in range(0, len(texts), batch):
         embedder.encode_remembered(texts[start:start + batch])
     return len(texts)
+
+
+def unit_texts(passages: list[Passage]) -> list[str]:
+    """The text of every unit of these passages, in order."""
+    return [u.text for p in passages for u in passage_units(p)]
 
 
 def select_evidence(

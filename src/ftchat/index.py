@@ -148,7 +148,7 @@ class KeywordIndex:
 # --- The index ------------------------------------------------------------------------
 
 
-def _text_key(text: str) -> str:
+def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
@@ -190,8 +190,8 @@ class Index:
         known = shipped_vectors(embedder.name)
         if previous is not None and previous.manifest.get("embedder") == embedder.name:
             stored = previous.vectors.reconstruct_n(0, previous.vectors.ntotal)
-            known = {_text_key(c.embedding_text()): stored[i] for i, c in enumerate(previous.chunks)}
-            keys = [_text_key(q.question) for q in previous.questions]
+            known = {text_key(c.embedding_text()): stored[i] for i, c in enumerate(previous.chunks)}
+            keys = [text_key(q.question) for q in previous.questions]
             known.update(zip(keys, previous.question_vectors, strict=True))
         questions, question_warnings = load_sample_questions(settings.questions_file)
         titles = {c.title for c in chunks}
@@ -311,7 +311,7 @@ class Index:
         return None
 
 
-# Vectors of the bundled guide's chunks and sample questions, by text (`_text_key`), for
+# Vectors of the bundled guide's chunks, sentences and sample questions, by text (`text_key`), for
 # the default embedder: written by `make vectors` (scripts/ship_vectors.py), checked against
 # fresh embeddings by tests/test_index.py. A text that changed since is simply embedded.
 SHIPPED_VECTORS = Path(__file__).resolve().parent / "guide_vectors.npz"
@@ -336,26 +336,26 @@ def shipped_vectors(embedder_name: str, path: Path | None = None) -> dict[str, n
     return dict(zip((str(k) for k in keys), vectors, strict=True))
 
 
-def save_shipped_vectors(index: Index, path: Path = SHIPPED_VECTORS) -> int:
-    """Write the vectors of `index`'s chunks and sample questions for `shipped_vectors`."""
-    texts = [c.embedding_text() for c in index.chunks] + [q.question for q in index.questions]
-    stored = index.vectors.reconstruct_n(0, index.vectors.ntotal)
-    vectors = np.concatenate([stored, index.question_vectors]).astype(np.float32)
+def save_shipped_vectors(embedder_name: str, texts: list[str], vectors: np.ndarray,
+                         path: Path | None = None) -> int:
+    """Write the vectors of `texts` (made by `embedder_name`) for `shipped_vectors`."""
+    keys = dict.fromkeys(text_key(t) for t in texts)  # a text that occurs twice is stored once
+    by_key = {text_key(t): v for t, v in zip(texts, vectors, strict=True)}
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, embedder=np.str_(index.manifest["embedder"]),
-                        keys=np.array([_text_key(t) for t in texts]), vectors=vectors)
-    write_bytes_atomically(path, buffer.getvalue())
-    return len(texts)
+    np.savez_compressed(buffer, embedder=np.str_(embedder_name), keys=np.array(list(keys)),
+                        vectors=np.stack([by_key[k] for k in keys]).astype(np.float32))
+    write_bytes_atomically(path or SHIPPED_VECTORS, buffer.getvalue())
+    return len(keys)
 
 
 def _embed(texts: list[str], embedder: Embedder, known: dict[str, np.ndarray],
            progress: bool) -> tuple[np.ndarray, int]:
     """Vectors for texts, re-using known ones (by text); also how many had to be embedded."""
-    missing = [i for i, t in enumerate(texts) if _text_key(t) not in known]
+    missing = [i for i, t in enumerate(texts) if text_key(t) not in known]
     matrix = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
     for i, text in enumerate(texts):
-        if _text_key(text) in known:
-            matrix[i] = known[_text_key(text)]
+        if text_key(text) in known:
+            matrix[i] = known[text_key(text)]
     if missing:
         matrix[missing] = embedder.encode([texts[i] for i in missing], progress=progress)
     return matrix, len(missing)
