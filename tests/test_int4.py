@@ -106,8 +106,24 @@ def test_int4_falls_back_to_float32_with_a_warning_where_it_cannot_run(monkeypat
     monkeypatch.setattr(llama, "_int4_kernel", lambda: None)  # a torch without the kernel
     with caplog.at_level(logging.WARNING):
         decoder = build_llama(model.config.to_dict(), state, "int4")
-    assert decoder.weights_dtype == "float32" and "int4 weights unavailable" in caplog.text
+    assert decoder.weights_dtype == "float32" and "int4 does not apply" in caplog.text
     assert list(decoder.greedy([1, 2, 3, 4], 10, set())) == reference_greedy(model, [1, 2, 3, 4], 10)
+
+
+def test_weights_off_the_4_bit_grid_stay_float32(caplog) -> None:
+    """A merged LoRA update moves weights off their groups' steps (with the guide adapter,
+    int4 agreed with float32 on 90% of tokens): such weights are not requantized."""
+    model, state = four_bit_llama()
+    name = "model.layers.1.mlp.down_proj.weight"
+    state = {**state, name: state[name] + 1e-3 * torch.randn(state[name].shape)}  # the update
+    with pytest.raises(llama.OffGrid, match="off their 4-bit groups"):
+        LlamaDecoder(model.config.to_dict(), state, torch.float32, int4=True)
+    with caplog.at_level(logging.WARNING):
+        decoder = build_llama(model.config.to_dict(), state, "int4")
+    assert decoder.weights_dtype == "float32" and "off their 4-bit groups" in caplog.text
+    table = state["model.embed_tokens.weight"]
+    with pytest.raises(llama.OffGrid, match="8-bit groups"):
+        llama.EightBitRows(table + 1e-4 * torch.randn(table.shape))
 
 
 def test_a_prompt_that_opens_like_the_last_one_reads_only_what_follows(monkeypatch) -> None:

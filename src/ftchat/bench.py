@@ -188,6 +188,8 @@ def bench_decode(assistant, generator, repeats: int) -> dict:
     prompt = generator.prompt_tokens(ans.build_messages(question, evidence))
     prefill, decode = [], []
     for _ in range(repeats + 1):  # the first run is a warm-up
+        if forget := getattr(generator.decoder, "forget_prompt", None):
+            forget()  # else the same prompt again is read from its kept keys and values
         started = time.perf_counter()
         first_s = None
         produced = 0

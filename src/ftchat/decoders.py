@@ -212,13 +212,13 @@ def llama_from_model(model, dtype: str):
 
 
 def build_llama(config: dict, tensors, dtype: str):
-    """A LlamaDecoder in `dtype`; for int4 where this torch cannot (no int4 kernel, matrices
-    that do not split into groups), one warning and float32."""
+    """A LlamaDecoder in `dtype`; for int4 where it does not apply (no int4 kernel, weights
+    that are not 4-bit groups already, such as a merged adapter's), one warning and float32."""
     from .llama import LlamaDecoder
 
     if dtype == "int4":
         try:
             return LlamaDecoder(config, tensors, torch_dtype("float32"), int4=True)
         except ValueError as exc:
-            log.warning("int4 weights unavailable (%s); decoding in float32", exc)
+            log.warning("int4 does not apply to these weights (%s); decoding in float32", exc)
     return LlamaDecoder(config, tensors, torch_dtype(dtype))
