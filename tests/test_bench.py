@@ -134,3 +134,19 @@ def test_quick_bench_json_has_the_required_keys(guide_settings, tmp_path):
     assert "ISA AVX2 (oneDNN limited to AVX2)" in table.read_text() and "4-bit groups" in table.read_text()
     assert result["agreement_prompts"] == 3 and result["agreement_with_float32"] >= 0.9
     assert result["float32_answer_ms_p50"] > 0
+
+
+def test_a_childs_peak_memory_is_its_own_not_this_process(tmp_path):
+    """wait4's ru_maxrss counts what a child shared with its parent until exec: late in a bench
+    run, with models loaded in the parent, it reported 1,583 MB for a 640 MB child."""
+    import sys
+
+    held = bytearray(400 << 20)  # 400 MB resident here
+    held[:: 4096] = b"x" * len(held[:: 4096])
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(2)"],
+                             stdout=subprocess.PIPE)
+    child.stdout.readline()
+    peak = bench._peak_rss_mb(child.pid)
+    child.wait()
+    assert peak is not None and 1 < peak < 200, peak
+    del held
