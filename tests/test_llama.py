@@ -118,9 +118,16 @@ def test_bundled_model_writes_the_same_answers_as_transformers(guide_settings, a
     assert own.weight_bytes() == plain.weight_bytes()
     for messages in answer_prompts:
         prompt = own.prompt_tokens(messages)
+        if dtype == "bfloat16":
+            # Read whole: with the last prompt's shared opening kept, the rest is read in a
+            # second batch, whose bfloat16 products round differently from one batch's (a
+            # near-tie flipped on one of these prompts); in float32 the tokens stay the same.
+            own.decoder.forget_prompt()
         assert list(own.tokens(prompt, 40)) == list(plain.tokens(prompt, 40)), messages[-1]["content"]
     config = GenerationConfig(max_new_tokens=40)
     messages = answer_prompts[0]
+    if dtype == "bfloat16":
+        own.decoder.forget_prompt()
     assert "".join(own.stream(messages, config)) == "".join(plain.stream(messages, config))
 
 

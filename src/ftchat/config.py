@@ -104,10 +104,11 @@ def resolve_dtype(value: str) -> str:
 
     Measured on the eval set (idle 2-core EPYC with avx512_bf16): bfloat16 gave exactly the
     float32 figures on every answer metric, with half the weight memory and ~1.3x faster
-    decoding. Without native bf16 (most laptops: AVX2 only) bfloat16 matrix products are
-    emulated and slower than float32, so the blocks' weights stay in the bundled GGUF's own
-    4-bit groups instead (int4: llama.py), an eighth of float32's bytes per token, with
-    float32 between the products; docs/speed.md has the figures. int8 (dynamic
+    decoding. Without native bf16 (most laptops: AVX2 only) oneDNN emulates bfloat16
+    products: on an emulated AVX2 CPU it read prompts at 126 tok/s against float32's 485
+    (decoding 33.5 against 21.5 tok/s). There the blocks' weights stay in the bundled GGUF's
+    own 4-bit groups instead (int4: llama.py), an eighth of float32's bytes per token, with
+    float32 between the products: 42-50 tok/s (README, "Speed", has the figures). int8 (dynamic
     quantization) agreed with float32's next token only 64% of the time on answer prompts
     and visibly hurt the text, so it stays opt-in.
     """
