@@ -410,3 +410,16 @@ def test_the_bundled_guides_sentences_are_known_without_the_embedder(guide_setti
     assert len(texts) > 1000
     assert fresh._model is None and len(fresh.encode_remembered(texts)) == len(texts)
     assert fresh._model is None  # every one of them was remembered, none encoded
+
+
+def test_a_rebuild_after_a_guide_file_is_added_embeds_none_of_it(guide_settings, tmp_path):
+    """The shipped vectors join the previous index's: a document of the bundled guide added
+    to a folder that held only another one is not embedded either."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(guide_settings.corpus_dir / "00-about.md", corpus)
+    settings = dataclasses.replace(guide_settings, corpus_dir=corpus, index_dir=tmp_path / "index")
+    assert open_index(settings).manifest["embedded"] == 0
+    shutil.copy(guide_settings.corpus_dir / "03-strategies.md", corpus)
+    rebuilt = open_index(settings)
+    assert len(rebuilt.chunks) > 50 and rebuilt.manifest["embedded"] == 0

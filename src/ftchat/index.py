@@ -190,7 +190,7 @@ class Index:
         known = shipped_vectors(embedder.name)
         if previous is not None and previous.manifest.get("embedder") == embedder.name:
             stored = previous.vectors.reconstruct_n(0, previous.vectors.ntotal)
-            known = {text_key(c.embedding_text()): stored[i] for i, c in enumerate(previous.chunks)}
+            known.update({text_key(c.embedding_text()): stored[i] for i, c in enumerate(previous.chunks)})
             keys = [text_key(q.question) for q in previous.questions]
             known.update(zip(keys, previous.question_vectors, strict=True))
         questions, question_warnings = load_sample_questions(settings.questions_file)
@@ -351,11 +351,12 @@ def save_shipped_vectors(embedder_name: str, texts: list[str], vectors: np.ndarr
 def _embed(texts: list[str], embedder: Embedder, known: dict[str, np.ndarray],
            progress: bool) -> tuple[np.ndarray, int]:
     """Vectors for texts, re-using known ones (by text); also how many had to be embedded."""
-    missing = [i for i, t in enumerate(texts) if text_key(t) not in known]
+    keys = [text_key(t) for t in texts]
+    missing = [i for i, key in enumerate(keys) if key not in known]
     matrix = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
-    for i, text in enumerate(texts):
-        if text_key(text) in known:
-            matrix[i] = known[text_key(text)]
+    for i, key in enumerate(keys):
+        if key in known:
+            matrix[i] = known[key]
     if missing:
         matrix[missing] = embedder.encode([texts[i] for i in missing], progress=progress)
     return matrix, len(missing)
