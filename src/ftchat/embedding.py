@@ -190,7 +190,8 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def remember(self, vectors: dict[str, np.ndarray]) -> None:
-        """Vectors made earlier by this same model (index.shipped_vectors), kept as if encoded."""
+        """Keep these vectors of this same model (just encoded, or shipped: index.shipped_vectors)
+        for encode_remembered; the least recently used go beyond SENTENCE_MEMORY."""
         with self._memory_lock:
             for text, vector in vectors.items():
                 self._remembered[text] = vector
@@ -208,11 +209,7 @@ class Embedder:
                 self._remembered.move_to_end(t)
         fresh = list(dict.fromkeys(t for t in texts if t not in known))
         if fresh:
-            for text, vector in zip(fresh, self.encode(fresh), strict=True):
-                known[text] = vector
-            with self._memory_lock:
-                for text in fresh:
-                    self._remembered[text] = known[text]
-                while len(self._remembered) > self.SENTENCE_MEMORY:
-                    self._remembered.popitem(last=False)
+            encoded = dict(zip(fresh, self.encode(fresh), strict=True))
+            known.update(encoded)
+            self.remember(encoded)
         return np.stack([known[t] for t in texts])
