@@ -272,7 +272,7 @@ class LlamaDecoder:
         self._rope_length = 0
         self._cos = self._sin = torch.empty(0)
         # The last prompt's tokens and key/value cache: a prompt that starts the same way (the
-        # system prompt every answer shares) reads only what follows (`_reused_prefix`).
+        # system prompt every answer shares) reads only what follows (`_cache`).
         self._last: tuple[list[int], torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -359,9 +359,7 @@ class LlamaDecoder:
         with the last prompt (every answer's prompt opens with the same ~90 tokens of system
         prompt, a third of it), and that prefix's length. One token is always left to read:
         it gives the first logits."""
-        s = self.shape
-        keys = torch.empty(s.layers, s.kv_heads, total, s.head_dim, dtype=self.dtype)
-        values = torch.empty_like(keys)
+        keys, values = self._empty_cache(total)
         shared = 0
         if self._last is not None:
             last, last_keys, last_values = self._last
@@ -372,6 +370,11 @@ class LlamaDecoder:
                 keys[:, :, :shared] = last_keys[:, :, :shared]
                 values[:, :, :shared] = last_values[:, :, :shared]
         return keys, values, shared
+
+    def _empty_cache(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.shape
+        keys = torch.empty(s.layers, s.kv_heads, positions, s.head_dim, dtype=self.dtype)
+        return keys, torch.empty_like(keys)
 
     def forget_prompt(self) -> None:
         """Read the next prompt whole (a benchmark's prefill must not start from the last one)."""
@@ -402,8 +405,7 @@ class LlamaDecoder:
     def choices(self, tokens: list[int]) -> list[int]:
         """The most likely token after each prefix of `tokens`, all read at once (teacher
         forcing: how often two decoders would pick the same next token)."""
-        s = self.shape
-        keys = torch.empty(s.layers, s.kv_heads, len(tokens), s.head_dim, dtype=self.dtype)
+        keys, values = self._empty_cache(len(tokens))
         with torch.inference_mode():
-            logits = self._forward(torch.tensor(tokens), 0, keys, torch.empty_like(keys), every_position=True)
+            logits = self._forward(torch.tensor(tokens), 0, keys, values, every_position=True)
         return logits.argmax(-1).tolist()
