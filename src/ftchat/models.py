@@ -172,9 +172,6 @@ def _load_model(settings: Settings) -> Generator:
 
     name, dtype = settings.model, settings.resolved_dtype
     own_loop = settings.decoder == "auto" and dtype != "int8"
-    if dtype == "int4" and not own_loop:
-        log.warning("int4 weights need ftchat's own decoder; transformers decodes in float32")
-        dtype = "float32"
     load_dtype = "float32" if dtype in ("int8", "int4") else dtype  # both quantized from float32
     known = [n for n, p in PRESETS.items() if p.kind == "generator"]
     if name in known and PRESETS[name].adapter:
@@ -206,8 +203,9 @@ def _load_model(settings: Settings) -> Generator:
         loaded.model = None
         release_free_memory()
         return Generator(name, loaded.tokenizer, llama, stop_ids, loaded.source, llama.weights_dtype)
-    if dtype == "int4":
-        log.warning("%s is not a Llama model ftchat decodes itself, so int4 does not apply: float32", name)
+    if dtype == "int4":  # a decoder setting of "transformers", or not a Llama model
+        log.warning("int4 needs ftchat's own decoder of a Llama model; %s decodes with transformers "
+                    "in float32", name)
         dtype = "float32"
     if dtype == "int8":
         model = decoders.quantize_int8(model)
