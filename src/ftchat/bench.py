@@ -570,10 +570,19 @@ def _bench_model(assistant, so_far: dict, quick: bool, repeats: int) -> dict:
     return result
 
 
+def _same_index(assistant, settings: Settings):
+    """An Assistant with other model settings over `assistant`'s already open index and
+    retriever, so each answerer is timed on the same retrieval without opening them again."""
+    from .api import Assistant
+
+    other = Assistant(settings)
+    other._index, other._retriever = assistant.index, assistant.retriever
+    return other
+
+
 def _bench_float32_path(assistant, quick: bool) -> dict:
     """ftchat's own float32 decoding, in this run, where the configured dtype is another:
     its answers (what the faster weights save) and its next-token agreement with them."""
-    from .api import Assistant
     from .models import get_generator
 
     generator = get_generator(assistant.settings)
@@ -582,10 +591,8 @@ def _bench_float32_path(assistant, quick: bool) -> dict:
     settings = replace(assistant.settings, dtype="float32", decoder="auto")
     _log("ftchat's float32 path: answers, and teacher-forced agreement")
     reference = get_generator(settings)
-    other = Assistant(settings)
-    other._index, other._retriever = assistant.index, assistant.retriever
     questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
-    answers = bench_answers(other, questions, 1 if quick else 2)
+    answers = bench_answers(_same_index(assistant, settings), questions, 1 if quick else 2)
     result = {"float32_first_token_ms_p50": answers["first_token_ms_p50"],
               "float32_answer_ms_p50": answers["answer_ms_p50"]}
     questions = agreement_questions(assistant.settings, 3 if quick else 30)
@@ -597,7 +604,6 @@ def bench_presets(assistant, quick: bool) -> dict:
     """Both bundled answerers, base and guide-tuned, the same way in this one run: their
     whole answers (what the tuned model's longer writing costs) and a fresh process's peak
     memory, so the choice of default is made on one machine's figures."""
-    from .api import Assistant
     from .models import DEFAULT_MODEL, GUIDE_MODEL
 
     figures = {}
@@ -605,9 +611,7 @@ def bench_presets(assistant, quick: bool) -> dict:
     for name in (DEFAULT_MODEL, GUIDE_MODEL):
         _log(f"answers with the preset {name}")
         settings = replace(assistant.settings, model=name)
-        other = Assistant(settings)
-        other._index, other._retriever = assistant.index, assistant.retriever
-        answers = bench_answers(other, questions, 1 if quick else 2)
+        answers = bench_answers(_same_index(assistant, settings), questions, 1 if quick else 2)
         cold = cold_start_answer(settings, questions[0])
         figures[name] = {**answers, "peak_rss_mb": cold["peak_rss_mb"],
                          "cold_start_answer_s": cold["seconds"]}
@@ -616,7 +620,6 @@ def bench_presets(assistant, quick: bool) -> dict:
 
 def _bench_baselines(assistant, bandwidth: float, quick: bool, repeats: int) -> dict:
     """float32 weights decoded by transformers' generate(), in this same run."""
-    from .api import Assistant
     from .models import get_generator
 
     settings = assistant.settings
@@ -639,9 +642,7 @@ def _bench_baselines(assistant, bandwidth: float, quick: bool, repeats: int) -> 
     if quick:
         return result
     _log("baseline: float32 answers")
-    base_assistant = Assistant(base_settings)
-    base_assistant._index, base_assistant._retriever = assistant.index, assistant.retriever
-    base_answers = bench_answers(base_assistant, ANSWER_QUESTIONS[:3], 1)
+    base_answers = bench_answers(_same_index(assistant, base_settings), ANSWER_QUESTIONS[:3], 1)
     result["baseline_first_token_ms_p50"] = base_answers["first_token_ms_p50"]
     result["baseline_answer_ms_p50"] = base_answers["answer_ms_p50"]
     _log("baseline: fresh process, float32, no weight cache (dequantizes the GGUF)")
