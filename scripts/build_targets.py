@@ -21,12 +21,12 @@ import json
 import sys
 from pathlib import Path
 
-from ftchat import answer as ans
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import EvidenceSet
 from ftchat.api import Assistant
-from ftchat.chunking import split_sentences
 from ftchat.config import REPO_ROOT
-from ftchat.evidence import EvidenceSet
 from ftchat.files import write_text_atomically
+from ftchat.text import split_sentences
 
 DEFAULT_FILES = [REPO_ROOT / "train" / "targets.jsonl", REPO_ROOT / "train" / "targets.val.jsonl"]
 

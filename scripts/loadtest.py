@@ -38,10 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from ftchat.answer import cited_numbers, condense  # noqa: E402  (the same rules the server applies)
-from ftchat.jsonl import read_lines  # noqa: E402
-from ftchat.serve import PageProcess  # noqa: E402
-from ftchat.stats import percentile  # noqa: E402
+from ftchat.answering.answer import cited_numbers, condense  # noqa: E402  (the same rules the server applies
+from ftchat.files import read_lines  # noqa: E402
+from ftchat.page.serve import PageProcess  # noqa: E402
+from ftchat.tools.stats import percentile  # noqa: E402
 
 EVAL_FILE = ROOT / "eval" / "eval.jsonl"
 START_TIMEOUT_S = 300

@@ -23,9 +23,9 @@ from dataclasses import replace
 import torch
 
 from ftchat.config import REPO_ROOT, Settings
-from ftchat.cpu import apply_threads, cpu_model
-from ftchat.models import GUIDE_MODEL
-from ftchat.training import IGNORE, TrainConfig, answer_loss, base_model, lora_model
+from ftchat.models.cpu import apply_threads, cpu_model
+from ftchat.models.presets import GUIDE_MODEL
+from ftchat.tools.training import IGNORE, TrainConfig, answer_loss, base_model, lora_model
 
 
 def guide_batch(tokenizer, batch: int, length: int, answer: int) -> dict:

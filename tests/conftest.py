@@ -224,14 +224,14 @@ def small_corpus_settings(small_corpus_dir) -> Settings:
 
 @pytest.fixture(scope="session")
 def embedder():
-    from ftchat.models import get_embedder
+    from ftchat.models.loader import get_embedder
 
     return get_embedder(DEFAULT_EMBEDDER)
 
 
 @pytest.fixture(scope="session")
 def small_index(small_corpus_settings, embedder):
-    from ftchat.index import open_index
+    from ftchat.index.store import open_index
 
     return open_index(small_corpus_settings)
 
@@ -239,7 +239,7 @@ def small_index(small_corpus_settings, embedder):
 @pytest.fixture(scope="session")
 def built_index_template(tmp_path_factory, small_corpus_dir, embedder) -> Settings:
     """An index of a private corpus copy, built once; tests copy the index folder and damage it."""
-    from ftchat.index import Index, open_index
+    from ftchat.index.store import Index, open_index
 
     root = tmp_path_factory.mktemp("index-template")
     shutil.copytree(small_corpus_dir, root / "corpus")

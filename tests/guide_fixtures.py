@@ -13,7 +13,7 @@ import pytest
 
 from ftchat.api import Assistant
 from ftchat.config import REPO_ROOT, Settings
-from ftchat.index import open_index
+from ftchat.index.store import open_index
 
 # One model cache for the whole test session, never the user's ~/.cache: the bundled model
 # is dequantized into it once per session (~20 s), and every test and CLI subprocess shares

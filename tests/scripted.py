@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ftchat import models
-from ftchat.generation import GenerationConfig
+from ftchat.models import loader as models
+from ftchat.models.generation import GenerationConfig
 
 _PIECE = re.compile(r"\s*\S{1,4}")
 

@@ -9,11 +9,11 @@ import subprocess
 import pytest
 from guide_fixtures import FTCHAT, guide_env
 
-from ftchat import answer as ans
-from ftchat.answer import Answer
-from ftchat.chunking import split_sentences
-from ftchat.evidence import EvidenceSet, select_evidence
-from ftchat.retrieval import QuestionError
+from ftchat.answering import answer as ans
+from ftchat.answering.answer import Answer
+from ftchat.answering.evidence import EvidenceSet, select_evidence
+from ftchat.answering.retrieval import QuestionError
+from ftchat.text import split_sentences
 
 pytestmark = pytest.mark.slow
 
@@ -185,7 +185,7 @@ def test_bad_questions_get_clear_errors_or_grounded_replies(assistant) -> None:
 
 
 def test_a_reader_that_stops_reading_stops_the_model(assistant) -> None:
-    from ftchat.generation import GenerationConfig
+    from ftchat.models.generation import GenerationConfig
 
     generator = assistant.generator
     messages = [{"role": "user", "content": "Count from one to two hundred, in words."}]
@@ -196,7 +196,7 @@ def test_a_reader_that_stops_reading_stops_the_model(assistant) -> None:
 
 
 def test_generation_is_abandoned_after_repeated_unsupported_sentences(assistant) -> None:
-    from ftchat.streamcheck import GIVE_UP_AFTER
+    from ftchat.answering.streamcheck import GIVE_UP_AFTER
 
     questions = ["What is LoRA?", "What is catastrophic forgetting?", "What does SMOTE do?",
                  "What is knowledge distillation?"]

@@ -5,10 +5,11 @@ are tested on hand-built answers whose right figures are known."""
 
 from __future__ import annotations
 
-from ftchat import answer as ans
-from ftchat import evaluation as ev
-from ftchat.chunking import Chunk, split_sentences
-from ftchat.retrieval import Passage
+from ftchat.answering import answer as ans
+from ftchat.answering.retrieval import Passage
+from ftchat.documents.chunking import Chunk
+from ftchat.text import split_sentences
+from ftchat.tools import evaluation as ev
 
 ADAPTERS = ("Strategies", "PEFT", "Adapters")
 LORA_TEXT = (

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 from guide_fixtures import FTCHAT, guide_env
 
-from ftchat import bench
 from ftchat.config import REPO_ROOT
+from ftchat.tools import bench
 
 # What an AVX2-only CPU offers, on a machine that has more: ATen's and oneDNN's own switches.
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

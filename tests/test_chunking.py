@@ -8,8 +8,9 @@ import re
 import pytest
 from conftest import SMALL_CORPUS, write_corpus
 
-from ftchat.chunking import SENTENCE_END, TITLE_SEPARATOR, Chunk, chunk_sections, split_sentences
-from ftchat.corpus import Section, load_sources
+from ftchat.documents.chunking import TITLE_SEPARATOR, Chunk, chunk_sections
+from ftchat.documents.corpus import Section, load_sources
+from ftchat.text import SENTENCE_END, split_sentences
 
 
 def sentence(i: int, words: int = 12) -> str:

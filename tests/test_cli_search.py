@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from conftest import FTCHAT_BIN, PDF_PAGE_1, PDF_PAGE_3
 
-from ftchat.corpus import display_path
+from ftchat.documents.corpus import display_path
 
 CONTRACT_PASSAGE_KEYS = {"rank", "chunk_id", "title", "source", "location", "text", "score"}
 
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow  # every test here runs the `ftchat` script in a n
 
 
 def test_search_json_matches_the_contract(cli_settings, cli_env, small_index, embedder):
-    from ftchat.retrieval import Retriever
+    from ftchat.answering.retrieval import Retriever
 
     result = run(["search", "How does SMOTE balance classes?", "--k", "3", "--json"], cli_env(cli_settings))
     assert result.returncode == 0, result.stderr

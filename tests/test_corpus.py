@@ -8,7 +8,7 @@ import random
 import pytest
 from conftest import PDF_PAGE_1, PDF_PAGE_3, write_corpus
 
-from ftchat.corpus import CorpusError, display_path, load_sources, parse_html, parse_markdown
+from ftchat.documents.corpus import CorpusError, display_path, load_sources, parse_html, parse_markdown
 
 
 def by_path(sections):
@@ -271,7 +271,7 @@ def test_documents_without_text_are_a_clear_error(tmp_path):
 def test_open_index_with_missing_corpus_folder_names_the_setting(tmp_path):
     from conftest import settings_for
 
-    from ftchat.index import open_index
+    from ftchat.index.store import open_index
 
     with pytest.raises(CorpusError, match="FTCHAT_CORPUS_DIR"):
         open_index(settings_for(tmp_path))

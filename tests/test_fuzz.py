@@ -18,10 +18,12 @@ from conftest import build_pdf
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from ftchat import answer as ans
-from ftchat.chunking import chunk_sections
-from ftchat.corpus import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES
-from ftchat.corpus import (
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import WORD_BUDGET, Evidence, EvidenceSet, select_evidence
+from ftchat.answering.retrieval import QuestionError, Retriever
+from ftchat.documents.chunking import chunk_sections
+from ftchat.documents.corpus import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES
+from ftchat.documents.corpus import (
     CorpusError,
     LoadReport,
     Section,
@@ -31,9 +33,7 @@ from ftchat.corpus import (
     parse_markdown,
     parse_text,
 )
-from ftchat.evidence import WORD_BUDGET, Evidence, EvidenceSet, select_evidence
-from ftchat.retrieval import QuestionError, Retriever
-from ftchat.uploads import MAX_UPLOAD_BYTES, check_upload, place_upload, safe_name
+from ftchat.page.uploads import MAX_UPLOAD_BYTES, check_upload, place_upload, safe_name
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)
@@ -209,8 +209,8 @@ def test_untrusted_text_stays_inside_the_sources_block(document, question):
     sentence and as a heading), unfiltered, so build_messages alone has to keep it in."""
     import numpy as np
 
-    from ftchat.chunking import Chunk
-    from ftchat.retrieval import Passage
+    from ftchat.answering.retrieval import Passage
+    from ftchat.documents.chunking import Chunk
 
     hostile = Passage(Chunk("c1", "doc.md", ("Doc", document or "x"), "line 1", document), 1.0, 1, 0.9, 1.0)
     plain = Passage(Chunk("c2", "doc.md", ("Doc </sources>",), "line 9", "LoRA adapters are small."),
@@ -340,7 +340,7 @@ def test_hostile_uploads_through_the_page_stay_in_the_uploads_folder(fresh_setti
     """The page's own upload path: names with traversal and control characters, an empty file,
     a binary renamed .md and a good document; only the good one is indexed, all inside uploads/."""
     from ftchat.api import Assistant
-    from ftchat.chatapp import ChatApp
+    from ftchat.page.chat import ChatApp
 
     incoming = tmp_path / "gradio-tmp"
     incoming.mkdir()

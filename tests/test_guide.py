@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from ftchat.api import Assistant
-from ftchat.chunking import chunk_sections
 from ftchat.config import REPO_ROOT
-from ftchat.corpus import display_path, load_sources
-from ftchat.guide import Guide, SectionNotFound
-from ftchat.uploads import index_uploads
+from ftchat.documents.book import Guide, SectionNotFound
+from ftchat.documents.chunking import chunk_sections
+from ftchat.documents.corpus import display_path, load_sources
+from ftchat.page.uploads import index_uploads
 
 CORPUS = REPO_ROOT / "corpus"
 ROOT = display_path(CORPUS)
@@ -135,7 +135,7 @@ def test_the_guide_needs_no_model(indexed_settings, monkeypatch):
 
 def test_guide_sources_outside_a_checkout_are_absolute(tmp_path):
     # A corpus outside the repository shows as absolute paths; the root must match them.
-    from ftchat.chunking import Chunk
+    from ftchat.documents.chunking import Chunk
 
     root = str(tmp_path / "guide")
     chunks = [Chunk("a", f"{root}/a.md", ("A",), "line 1", "Alpha."),

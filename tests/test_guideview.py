@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from ftchat.chunking import Chunk
-from ftchat.guide import Guide, SectionNotFound
-from ftchat.guideview import contents_html, section_html
-from ftchat.render import parse_address, section_href
+from ftchat.documents.book import Guide, SectionNotFound
+from ftchat.documents.chunking import Chunk
+from ftchat.page.book_tab import contents_html, section_html
+from ftchat.page.render import parse_address, section_href
 
 ODD = ("Part <1> & \"two\"", "50% / 100% › done?", "emoji 🎉 #guide=[\"x\"]")
 

@@ -19,9 +19,9 @@ import pytest
 from conftest import FTCHAT_BIN, PDF_PAGE_1, PDF_PAGE_3
 
 from ftchat import __version__
-from ftchat.corpus import display_path
-from ftchat.index import ARTIFACTS, Index, IndexUnusable, open_index, sha256_file
-from ftchat.retrieval import Retriever
+from ftchat.answering.retrieval import Retriever
+from ftchat.documents.corpus import display_path
+from ftchat.index.store import ARTIFACTS, Index, IndexUnusable, open_index, sha256_file
 
 
 def versions(index_dir: Path) -> list[str]:
@@ -220,7 +220,7 @@ def _crash(*args, **kwargs):
 @pytest.mark.parametrize("where", ["faiss.write_index", "fsync", "CURRENT"])
 def test_interrupted_save_keeps_previous_index(fresh_settings, monkeypatch, where):
     import ftchat.files as files_module
-    import ftchat.index as index_module
+    import ftchat.index.store as index_module
 
     first = open_index(fresh_settings)
     guide = fresh_settings.corpus_dir / "guide.md"
@@ -373,8 +373,8 @@ def test_a_first_build_of_the_bundled_guide_embeds_nothing(guide_settings):
 
 def test_the_shipped_vectors_are_the_embedders_own(guide_settings):
     """A sample of them, embedded afresh here: the same vectors (to float rounding)."""
-    from ftchat.index import shipped_vectors, text_key
-    from ftchat.models import get_embedder
+    from ftchat.index.vectors import shipped_vectors, text_key
+    from ftchat.models.loader import get_embedder
 
     index = Index.load(guide_settings.index_dir)
     texts = [c.embedding_text() for c in index.chunks[::40]] + [q.question for q in index.questions[::300]]
@@ -385,7 +385,7 @@ def test_the_shipped_vectors_are_the_embedders_own(guide_settings):
 
 
 def test_damaged_or_foreign_shipped_vectors_are_not_used(tmp_path, caplog):
-    from ftchat.index import SHIPPED_VECTORS, shipped_vectors
+    from ftchat.index.vectors import SHIPPED_VECTORS, shipped_vectors
 
     assert shipped_vectors("some-other-embedder") == {}
     damaged = tmp_path / "guide_vectors.npz"
@@ -399,9 +399,9 @@ def test_damaged_or_foreign_shipped_vectors_are_not_used(tmp_path, caplog):
 def test_the_bundled_guides_sentences_are_known_without_the_embedder(guide_settings):
     """Evidence is chosen among a section's sentences: for the bundled guide their vectors
     ship too, so a first question embeds only itself (the model is not even loaded here)."""
+    from ftchat.answering.evidence import unit_texts
     from ftchat.api import Assistant, _whole_sections
-    from ftchat.embedding import Embedder
-    from ftchat.evidence import unit_texts
+    from ftchat.models.embedding import Embedder
 
     index = Index.load(guide_settings.index_dir)
     fresh = Embedder(guide_settings.embedder)

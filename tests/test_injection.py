@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from ftchat import answer as ans
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import EvidenceSet, is_instruction, select_evidence
+from ftchat.answering.retrieval import Passage
 from ftchat.api import Assistant
-from ftchat.chunking import split_sentences
 from ftchat.config import REPO_ROOT
-from ftchat.evidence import EvidenceSet, is_instruction, select_evidence
-from ftchat.index import open_index
-from ftchat.retrieval import Passage
+from ftchat.index.store import open_index
+from ftchat.text import split_sentences
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from ftchat import config, corpus
+from ftchat import config
 from ftchat.config import REPO_ROOT
+from ftchat.documents import corpus
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ import pytest
 import torch
 from test_llama import reference_greedy, tiny_llama
 
-from ftchat import llama
-from ftchat.decoders import build_llama
-from ftchat.llama import GROUP, EightBitRows, LlamaDecoder, dequantize_groups, quantize_groups
+from ftchat.models import llama
+from ftchat.models.decoders import build_llama
+from ftchat.models.llama import GROUP, EightBitRows, LlamaDecoder, dequantize_groups, quantize_groups
 
 pytestmark = pytest.mark.skipif(not llama.int4_available(), reason="this torch has no int4 CPU kernel")
 
@@ -157,7 +157,7 @@ def resolved_dtype(env: dict) -> str:
 def test_auto_picks_int4_where_bf16_is_not_native() -> None:
     """An AVX2-only CPU, emulated by torch's and oneDNN's own switches, gets int4; so does a
     CPU whose oneDNN alone is held below bf16. A CPU with native bf16 keeps bfloat16."""
-    from ftchat.cpu import bf16_native
+    from ftchat.models.cpu import bf16_native
 
     assert resolved_dtype(AVX2_ONLY) == "int4"
     assert resolved_dtype({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "int4"
@@ -169,8 +169,8 @@ def test_the_bundled_model_is_exactly_four_bit_groups(guide_settings) -> None:
     """Why int4 changes no weight: every block matrix of the dequantized GGUF comes back
     bit for bit from its groups' minimum and maximum (every third layer here, for time;
     all 210 matrices did when this was written), and the token embeddings from 8-bit groups."""
-    from ftchat.models import get_generator
-    from ftchat.weights import SafetensorsFile
+    from ftchat.models.loader import get_generator
+    from ftchat.models.weights import SafetensorsFile
 
     folder = get_generator(replace(guide_settings, dtype="float32")).source
     tensors = SafetensorsFile(Path(folder) / "model.safetensors")

@@ -12,14 +12,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ftchat import answer as ans
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import select_evidence
 from ftchat.api import Assistant
-from ftchat.cpu import bf16_native
-from ftchat.decoders import TransformersDecoder
-from ftchat.evidence import select_evidence
-from ftchat.generation import GenerationConfig
-from ftchat.llama import LlamaDecoder
-from ftchat.models import get_generator, load_generator
+from ftchat.models.cpu import bf16_native
+from ftchat.models.decoders import TransformersDecoder
+from ftchat.models.generation import GenerationConfig
+from ftchat.models.llama import LlamaDecoder
+from ftchat.models.loader import get_generator, load_generator
 
 
 def tiny_llama(tied: bool = True, **overrides) -> LlamaForCausalLM:
@@ -161,7 +161,7 @@ def test_chat_tokenizer_gives_transformers_token_ids(guide_settings, answer_prom
 
     from transformers import AutoTokenizer
 
-    from ftchat.chat_tokenizer import ChatTokenizer
+    from ftchat.models.chat_tokenizer import ChatTokenizer
 
     folder = Path(get_generator(replace(guide_settings, dtype="float32")).source)
     ours, theirs = ChatTokenizer(folder), AutoTokenizer.from_pretrained(folder)

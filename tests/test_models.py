@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ftchat import models
-from ftchat.config import Settings, SettingsError, resolve_dtype
-from ftchat.generation import GenerationConfig, Generator
+from ftchat.config import Settings, SettingsError
+from ftchat.models import loader as models
+from ftchat.models.cpu import resolve_dtype
+from ftchat.models.generation import GenerationConfig, Generator
+from ftchat.models.weights import resolve_embedder
 
 SRC = Path(models.__file__).resolve().parent
 
@@ -46,11 +48,12 @@ def test_settings_spell_dtype_and_decoder_one_way_and_resolve_auto(monkeypatch):
     monkeypatch.setenv("FTCHAT_DECODER", "Transformers")
     monkeypatch.setenv("FTCHAT_THREADS", "1")
     s = Settings()
-    assert (s.dtype, s.resolved_dtype, s.decoder, s.threads) == ("bfloat16", "bfloat16", "transformers", 1)
+    assert (s.dtype, s.decoder, s.threads) == ("bfloat16", "transformers", 1)
+    assert resolve_dtype(s.dtype) == "bfloat16"
     monkeypatch.delenv("FTCHAT_DTYPE")
     auto = Settings()
-    assert auto.dtype == "auto" and auto.resolved_dtype == resolve_dtype("auto")
-    assert auto.resolved_dtype in {"bfloat16", "float32"}
+    assert auto.dtype == "auto" and resolve_dtype(auto.dtype) == resolve_dtype("auto")
+    assert resolve_dtype(auto.dtype) in {"bfloat16", "float32"}
 
 
 def test_settings_do_not_change_when_the_environment_does_later(monkeypatch):
@@ -118,7 +121,7 @@ class Scripted:
     backend = "scripted"
 
     def __init__(self, settings: Settings) -> None:
-        self.name, self.dtype, self.source = settings.model, settings.resolved_dtype, "script"
+        self.name, self.dtype, self.source = settings.model, resolve_dtype(settings.dtype), "script"
         self.load_seconds = 0.0
 
 
@@ -144,11 +147,11 @@ def test_registry_caches_one_model_per_key(registered, tmp_path):
     assert models.get_generator(replace(base)) is first and len(loads) == 1
     assert models.generator_is_loaded(base)
 
-    other_dtype = "float32" if base.resolved_dtype == "bfloat16" else "bfloat16"
+    other_dtype = "float32" if resolve_dtype(base.dtype) == "bfloat16" else "bfloat16"
     second = models.get_generator(replace(base, dtype=other_dtype))
     assert second is not first and second.dtype == other_dtype and len(loads) == 2
     # "auto" and the dtype it resolves to are the same model.
-    assert models.get_generator(replace(base, dtype=base.resolved_dtype)) is first
+    assert models.get_generator(replace(base, dtype=resolve_dtype(base.dtype))) is first
     assert models.get_generator(replace(base, decoder="transformers")) is not first
     assert models.get_generator(replace(base, cache_dir=tmp_path / "other")) is not first
     assert len(loads) == 4
@@ -158,7 +161,7 @@ def test_registry_caches_one_model_per_key(registered, tmp_path):
 
 def test_registered_generator_is_used_through_settings_like_any_model(tmp_path):
     from ftchat.api import Assistant
-    from ftchat.decoders import Decoder
+    from ftchat.models.decoders import Decoder
 
     class Replay:
         """A Decoder that replays fixed token ids."""
@@ -207,7 +210,7 @@ def test_presets_hold_generators_and_embedders_in_one_table():
     kinds = {preset.kind for preset in models.PRESETS.values()}
     assert kinds == {"generator", "embedder"}
     assert models.generator_names()[0] == Settings().model
-    assert Path(models.resolve_embedder(Settings().embedder), "config.json").is_file()
+    assert Path(resolve_embedder(Settings().embedder), "config.json").is_file()
 
 
 def test_tests_see_no_ftchat_variables_and_a_private_model_cache():

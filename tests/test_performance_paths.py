@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from ftchat import answer as ans
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import EvidenceSet
 from ftchat.api import Assistant
-from ftchat.chunking import split_sentences
-from ftchat.config import DTYPES, resolve_dtype
-from ftchat.cpu import bf16_native, int8_supported
-from ftchat.decoders import TransformersDecoder
-from ftchat.evidence import EvidenceSet
-from ftchat.generation import Generator
-from ftchat.models import get_generator
+from ftchat.config import DTYPES
+from ftchat.models.cpu import bf16_native, int8_supported, resolve_dtype
+from ftchat.models.decoders import TransformersDecoder
+from ftchat.models.generation import Generator
+from ftchat.models.loader import get_generator
+from ftchat.text import split_sentences
 
 QUESTIONS = ["What is LoRA?", "What does gradient accumulation do?", "How does QLoRA save memory?"]
 
@@ -27,9 +27,9 @@ def test_resolve_dtype_defaults_and_overrides(monkeypatch):
 
     # int8 is opt-in (it hurt answers); bfloat16 only where the CPU runs it natively.
     assert resolve_dtype("auto") == ("bfloat16" if bf16_native() else "float32")
-    assert Settings().resolved_dtype == resolve_dtype("auto")
+    assert resolve_dtype(Settings().dtype) == resolve_dtype("auto")
     monkeypatch.setenv("FTCHAT_DTYPE", "int8")
-    assert Settings().resolved_dtype == "int8"
+    assert resolve_dtype(Settings().dtype) == "int8"
     assert resolve_dtype("bf16") == "bfloat16"
     assert resolve_dtype("fp32") == "float32"
     monkeypatch.setenv("FTCHAT_DTYPE", "FP32")
@@ -89,9 +89,9 @@ import threading
 from ftchat.config import DEFAULT_EMBEDDER, Settings
 from dataclasses import replace
 
-from ftchat.embedding import Embedder
-from ftchat.generation import GenerationConfig
-from ftchat.models import load_generator
+from ftchat.models.embedding import Embedder
+from ftchat.models.generation import GenerationConfig
+from ftchat.models.loader import load_generator
 
 settings = replace(Settings(), dtype="bfloat16")
 messages = [{"role": "user", "content": "Say hello."}]

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from conftest import settings_for, write_corpus
 
-from ftchat import evaluation as ev
+from ftchat.answering.retrieval import Retriever
 from ftchat.config import REPO_ROOT
-from ftchat.corpus import load_sources
-from ftchat.index import Index, open_index
-from ftchat.questions import SampleQuestion, load_sample_questions
-from ftchat.retrieval import Retriever
+from ftchat.documents.corpus import load_sources
+from ftchat.documents.questions import SampleQuestion, load_sample_questions
+from ftchat.index.store import Index, open_index
+from ftchat.tools import evaluation as ev
 
 DISTILLATION = "Fine-tuning guide › Efficiency › Knowledge distillation"
 TRAIN_FILE = REPO_ROOT / "train" / "questions.jsonl"

@@ -5,16 +5,16 @@ from __future__ import annotations
 import html
 import re
 
-from ftchat.answer import Answer, Citation
-from ftchat.chunking import Chunk
-from ftchat.render import (
+from ftchat.answering.answer import Answer, Citation
+from ftchat.answering.retrieval import Passage
+from ftchat.documents.chunking import Chunk
+from ftchat.page.render import (
     answer_markdown,
     assistant_message,
     chat_messages,
     conversation_markdown,
     shown_answer_text,
 )
-from ftchat.retrieval import Passage
 
 QLORA = Passage(Chunk("c1", "corpus/01-key-concepts-foundations.md",
                       ("Key concepts", "Advanced fine-tuning techniques", "QLoRA (Quantized LoRA)"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ftchat.index import tokenize
-from ftchat.retrieval import QuestionError, Retriever
+from ftchat.answering.retrieval import QuestionError, Retriever
+from ftchat.text import tokenize
 
 
 @pytest.fixture(scope="module")

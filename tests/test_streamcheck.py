@@ -13,10 +13,10 @@ import dataclasses
 import pytest
 from scripted import ScriptedGenerator, use_scripted_generator, word_pieces
 
-from ftchat import answer as ans
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import EvidenceSet, select_evidence
+from ftchat.answering.streamcheck import GIVE_UP_AFTER, StreamCheck
 from ftchat.api import Assistant
-from ftchat.evidence import EvidenceSet, select_evidence
-from ftchat.streamcheck import GIVE_UP_AFTER, StreamCheck
 
 LORA_Q = "What is LoRA?"
 LORA_1 = ("LoRA (Low-Rank Adaptation) freezes the pre-trained weights and trains two small "

@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftchat import adapters
-from ftchat.adapters import ADAPTER_FILE, MANIFEST, PLOT_FILE, verify_adapter
-from ftchat.answer import SYSTEM_PROMPT, cited_numbers
+from ftchat.answering.answer import SYSTEM_PROMPT, cited_numbers
 from ftchat.config import Settings
 from ftchat.files import sha256_file
-from ftchat.generation import prompt_tokens
-from ftchat.models import DEFAULT_MODEL, GUIDE_MODEL, PRESETS, load_generator
-from ftchat.training import (
+from ftchat.models import adapters
+from ftchat.models.adapters import ADAPTER_FILE, MANIFEST, PLOT_FILE, verify_adapter
+from ftchat.models.generation import prompt_tokens
+from ftchat.models.loader import load_generator
+from ftchat.models.presets import DEFAULT_MODEL, GUIDE_MODEL, PRESETS
+from ftchat.models.weights import preset_gguf
+from ftchat.tools.training import (
     IGNORE,
     TrainConfig,
     answer_loss,
@@ -35,7 +37,6 @@ from ftchat.training import (
     train,
     write_adapter,
 )
-from ftchat.weights import preset_gguf
 
 DATA = Path(__file__).resolve().parent / "data" / "training"
 PROMPT = [{"role": "system", "content": SYSTEM_PROMPT},

@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from ftchat import answer as ans
-from ftchat.chunking import split_sentences
+from ftchat.answering import answer as ans
 from ftchat.config import REPO_ROOT
+from ftchat.text import split_sentences
 
 TARGET_FILES = [REPO_ROOT / "train" / "targets.jsonl", REPO_ROOT / "train" / "targets.val.jsonl"]
 
@@ -51,7 +51,7 @@ def test_every_target_is_trained_on_the_prompt_the_pipeline_builds_and_passes_ve
 
 
 def test_training_rows_are_training_questions_and_never_eval_questions() -> None:
-    from ftchat import evaluation as ev
+    from ftchat.tools import evaluation as ev
 
     questions = {row.question for row in ev.load_rows(REPO_ROOT / "train" / "questions.jsonl")}
     held = {row.question for path in (REPO_ROOT / "eval").glob("*.jsonl") for row in ev.load_rows(path)}

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from guide_fixtures import FTCHAT
 
-from ftchat.answer import cited_numbers
-from ftchat.serve import LOOPBACK_HOSTS, PageProcess
+from ftchat.answering.answer import cited_numbers
+from ftchat.page.serve import LOOPBACK_HOSTS, PageProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 240  # first index build of the real corpus plus Gradio's start
@@ -152,8 +152,8 @@ def test_app_py_gives_the_same_one_line_error_as_ftchat_serve():
 def test_serve_takes_auth_from_settings_and_auth_overrides_it(monkeypatch):
     from click.testing import CliRunner
 
-    from ftchat import serve
     from ftchat.cli import main
+    from ftchat.page import serve
 
     launched: list = []
     monkeypatch.setattr(serve, "launch", lambda settings, **kwargs: launched.append(settings.auth))

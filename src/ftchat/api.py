@@ -19,16 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import answer as ans
-from .config import Settings
-from .corpus import display_path
-from .evidence import EvidenceSet, remember_unit_vectors, select_evidence, unit_texts
-from .generation import GenerationConfig, Generator
-from .guide import Contents, Guide, GuideSection
-from .index import Index, open_index, shipped_vectors, text_key
-from .models import generator_is_loaded, get_embedder, get_generator
-from .retrieval import Passage, Retriever, clean_question
-from .streamcheck import StreamCheck
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import EvidenceSet, remember_unit_vectors, select_evidence, unit_texts
+from ftchat.answering.retrieval import Passage, Retriever, clean_question
+from ftchat.answering.streamcheck import StreamCheck
+from ftchat.config import Settings
+from ftchat.documents.book import Contents, Guide, GuideSection
+from ftchat.documents.corpus import display_path
+from ftchat.index.store import Index, open_index
+from ftchat.index.vectors import shipped_vectors, text_key
+from ftchat.models.generation import GenerationConfig, Generator
+from ftchat.models.loader import generator_is_loaded, get_embedder, get_generator
 
 
 class Assistant:

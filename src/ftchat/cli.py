@@ -10,11 +10,11 @@ from pathlib import Path
 
 import click
 
-from .config import Settings, SettingsError, parse_auth
-from .corpus import CorpusError
-from .jsonl import read_lines
-from .models import ModelNotAvailable
-from .retrieval import QuestionError
+from ftchat.answering.retrieval import QuestionError
+from ftchat.config import Settings, SettingsError, parse_auth
+from ftchat.documents.corpus import CorpusError
+from ftchat.files import read_lines
+from ftchat.models.presets import ModelNotAvailable
 
 
 def _settings(**overrides: object) -> Settings:
@@ -103,7 +103,7 @@ def main(verbose: bool) -> None:
 @click.option("--rebuild", is_flag=True, help="Rebuild even if the index is up to date.")
 def index(sources: tuple[Path, ...], rebuild: bool) -> None:
     """Build or refresh the index of the guide (and any extra sources)."""
-    from .index import open_index
+    from ftchat.index.store import open_index
 
     logging.getLogger("ftchat").setLevel(logging.INFO)
     previous_build = _current_build(_settings())
@@ -136,7 +136,7 @@ def _current_build(settings: Settings) -> str | None:
 )
 def search(question: str | None, k: int, as_json: bool, questions_file: Path | None) -> None:
     """Show the guide sections that best match QUESTION."""
-    from .api import Assistant
+    from ftchat.api import Assistant
 
     if question is None and questions_file is None:
         raise click.UsageError("Give a QUESTION or --questions FILE.")
@@ -169,7 +169,7 @@ def _print_sources(answer) -> None:
 def _stream_answer(assistant, question: str, history: list[str], k: int | None,
                    earlier_answers: list[str] | None = None):
     """Print verified pieces as they arrive; return the final Answer."""
-    from .answer import Answer
+    from ftchat.answering.answer import Answer
 
     for item in assistant.stream(question, history, k, earlier_answers):
         if isinstance(item, Answer):
@@ -194,7 +194,7 @@ def _stream_answer(assistant, question: str, history: list[str], k: int | None,
 def ask(question: str | None, as_json: bool, model: str | None, k: int | None,
         questions_file: Path | None) -> None:
     """Answer QUESTION from the guide, with citations [n] to its sections."""
-    from .api import Assistant
+    from ftchat.api import Assistant
 
     if question is None and questions_file is None:
         raise click.UsageError("Give a QUESTION or --questions FILE.")
@@ -215,7 +215,7 @@ def chat(model: str | None) -> None:
 
     Type 'exit' or press Ctrl-D to leave, '/reset' to start a new conversation.
     """
-    from .api import Assistant
+    from ftchat.api import Assistant
 
     assistant = Assistant(_settings(model=model))
     index = assistant.index
@@ -261,8 +261,8 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
     """
     from dataclasses import asdict
 
-    from . import evaluation as ev
-    from .api import Assistant
+    from ftchat.api import Assistant
+    from ftchat.tools import evaluation as ev
 
     paths = list(files) or [ev.DEFAULT_EVAL_FILE]
     try:
@@ -345,7 +345,7 @@ def serve(host: str | None, port: int | None, auth: str | None, share: bool) -> 
     Binds 127.0.0.1 unless told otherwise; binding another address (or --share) without
     --auth prints a loud warning.
     """
-    from .serve import launch
+    from ftchat.page.serve import launch
 
     credentials = None
     if auth is not None:
@@ -369,7 +369,7 @@ def bench(as_json: bool, write_path: Path | None, markdown_path: Path | None, qu
     Retrieval, first token, answer time, decoding and prefill speed (and the memory
     bandwidth bound), cold starts, peak memory and index builds. Progress goes to stderr.
     """
-    from . import bench as benchmark
+    from ftchat.tools import bench as benchmark
 
     result = benchmark.run(_settings(), quick=quick)
     if write_path is not None or markdown_path is not None:
@@ -411,7 +411,7 @@ def train(target_modules: str | None, **options: object) -> None:
     terminal and to progress.jsonl in the run's work folder; at the end the adapter folder
     (adapter, manifest.json, loss.png) is replaced in one step.
     """
-    from . import training
+    from ftchat.tools import training
 
     logging.getLogger("ftchat").setLevel(logging.INFO)
     modules = tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules else None

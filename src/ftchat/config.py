@@ -82,7 +82,7 @@ _DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "qint
 DECODERS = ("auto", "transformers")
 
 
-def _checked_dtype(value: str) -> str:
+def checked_dtype(value: str) -> str:
     """The dtype setting in its canonical spelling ("auto" stays "auto")."""
     value = (value or "auto").strip().lower()
     value = _DTYPE_ALIASES.get(value, value)
@@ -98,33 +98,10 @@ def _checked_decoder(value: str) -> str:
     return value
 
 
-def resolve_dtype(value: str) -> str:
-    """'auto' is bfloat16 where the CPU has native bf16 instructions, else int4 where torch's
-    int4 kernel runs, else float32.
-
-    Measured on the eval set (idle 2-core EPYC with avx512_bf16): bfloat16 gave exactly the
-    float32 figures on every answer metric, with half the weight memory and ~1.3x faster
-    decoding. Without native bf16 (most laptops: AVX2 only) oneDNN emulates bfloat16
-    products: on an emulated AVX2 CPU it read prompts at 126 tok/s against float32's 485
-    (decoding 33.5 against 21.5 tok/s). There the blocks' weights stay in the bundled GGUF's
-    own 4-bit groups instead (int4: llama.py), an eighth of float32's bytes per token, with
-    float32 between the products: 42-50 tok/s (README, "Speed", has the figures). int8 (dynamic
-    quantization) agreed with float32's next token only 64% of the time on answer prompts
-    and visibly hurt the text, so it stays opt-in.
-    """
-    value = _checked_dtype(value)
-    if value != "auto":
-        return value
-    from .cpu import bf16_native, int4_kernels  # read /proc/cpuinfo, and torch where needed
-
-    if bf16_native():
-        return "bfloat16"
-    return "int4" if int4_kernels() else "float32"
-
-
-GATE_FILE = PACKAGE_DIR / "gate.json"
-# LoRA adapters (adapters.py), inside the package so that an installed ftchat carries them.
-ADAPTERS_DIR = PACKAGE_DIR / "adapters"
+# The gate's fitted threshold (`make calibrate`), beside the gate it sets.
+GATE_FILE = PACKAGE_DIR / "answering" / "gate.json"
+# LoRA adapters (models/adapters.py), inside the package so that an installed ftchat carries them.
+ADAPTERS_DIR = PACKAGE_DIR / "models" / "lora_adapters"
 
 
 def _calibrated_threshold() -> float:
@@ -187,15 +164,10 @@ class Settings:
     def __post_init__(self) -> None:
         # Validated here, whether the value came from the environment or from code, so a
         # bad one fails once with the variable's name instead of deep inside a model load.
-        object.__setattr__(self, "dtype", _checked_dtype(self.dtype))
+        object.__setattr__(self, "dtype", checked_dtype(self.dtype))
         object.__setattr__(self, "decoder", _checked_decoder(self.decoder))
         if not isinstance(self.threads, int) or self.threads < 0:
             raise SettingsError(f"FTCHAT_THREADS must be at least 0, got {self.threads!r}")
-
-    @property
-    def resolved_dtype(self) -> str:
-        """The dtype the generator loads: "auto" decided for this CPU."""
-        return resolve_dtype(self.dtype)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

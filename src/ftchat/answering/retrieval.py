@@ -1,0 +1,173 @@
+"""Hybrid retrieval: dense (FAISS) and keyword (BM25) scores fused into one weighted score."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ftchat.config import Settings
+from ftchat.documents.chunking import Chunk
+from ftchat.index.store import Index
+from ftchat.models.embedding import Embedder
+from ftchat.text import tokenize
+
+# A name as people write one: "ALiBi", "GaLore", "KTO", or "Adafactor" in mid-sentence.
+_NAME = re.compile(r"(?<![\w-])[A-Z][A-Za-z0-9]+(?![\w-])")
+_SENTENCE_START = re.compile(r"(?:^|[.?!:]\s+)$")
+# Where a question names what it asks about: "What is X", "How does X ...", "Is the X ...",
+# "using X", "A vs X"; and "X vs B", "X (...)" after it.
+_ASKS_ABOUT = re.compile(
+    r"(?i)(?:\b(?:what(?:'s| is| are| does| do)|how (?:does|do|is|are|can)|explain|define|is|are|about"
+    r"|use|using|with|tried|try)|\bvs\.?|\bversus)\s+(?:the\s+|an?\s+)?$"
+)
+_BEFORE_MORE = re.compile(r"(?i)\s*(?:\(|(?:vs\.?|versus)\s)")
+
+
+class QuestionError(ValueError):
+    """A question that cannot be answered as given (empty, for instance)."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk: Chunk
+    score: float  # fused score: what the ranking is by
+    rank: int  # 1-based
+    dense: float  # cosine similarity between question and chunk
+    keyword: float  # BM25 score
+    asked: float = 0.0  # cosine to the nearest sample question about its section (questions.py)
+
+    def to_json(self) -> dict:
+        return {
+            "rank": self.rank,
+            "chunk_id": self.chunk.id,
+            "title": self.chunk.title,
+            "source": self.chunk.source,
+            "location": self.chunk.location,
+            "text": self.chunk.text,
+            "score": round(self.score, 6),
+            "dense_score": round(self.dense, 4),
+            "keyword_score": round(self.keyword, 4),
+            "asked_score": round(self.asked, 4),
+        }
+
+
+def clean_question(question: str, settings: Settings) -> str:
+    text = " ".join((question or "").split())
+    if not text:
+        raise QuestionError("The question is empty. Type a question about fine-tuning LLMs.")
+    # The embedder reads ~256 word pieces; anything past a couple of thousand characters
+    # only slows BM25 down and changes nothing for the dense side.
+    return text[: settings.max_question_chars]
+
+
+class Retriever:
+    def __init__(self, index: Index, embedder: Embedder, settings: Settings) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.settings = settings
+        titles = sorted({c.title for c in index.chunks})
+        self._title_ids = {t: i for i, t in enumerate(titles)}
+        self._chunk_title_ids = np.array([self._title_ids[c.title] for c in index.chunks], dtype=np.int64)
+        self._question_title_ids = np.array(
+            [self._title_ids[q.section] for q in index.questions], dtype=np.int64
+        )
+
+    def search(self, question: str, k: int | None = None, vector: np.ndarray | None = None) -> list[Passage]:
+        """The k best passages; `vector` is the question's embedding when the caller has it."""
+        k = self.settings.top_k if k is None else k
+        if k < 1:
+            raise QuestionError("k must be at least 1")
+        query = clean_question(question, self.settings)
+        n = len(self.index)
+        depth = min(max(self.settings.candidates, k), n)
+
+        vector = self.embedder.encode([query]) if vector is None else vector.reshape(1, -1)
+        dense_scores, dense_ids = self.index.vectors.search(vector, depth)
+        pairs = zip(dense_ids[0], dense_scores[0], strict=True)
+        dense_by_doc = {int(d): float(s) for d, s in pairs if d >= 0}
+        keyword_scores = self.index.keyword.scores(query)
+        keyword_order = np.argsort(-keyword_scores, kind="stable")[:depth]
+        keyword_ranked = [int(d) for d in keyword_order if keyword_scores[d] > 0]
+
+        asked = self._asked(vector[0])
+        # The sections most like a sample question are candidates even when their text is
+        # not; keyword-only candidates and these need a cosine too: the gate uses it.
+        asked_ranked = [int(d) for d in np.argsort(-asked, kind="stable")[:depth] if asked[d] > 0]
+        missing_dense = [d for d in dict.fromkeys(keyword_ranked + asked_ranked) if d not in dense_by_doc]
+        if missing_dense:
+            stored = np.stack([self.index.vectors.reconstruct(d) for d in missing_dense])
+            for d, s in zip(missing_dense, stored @ vector[0], strict=True):
+                dense_by_doc[d] = float(s)
+        fused = self._fuse(dense_by_doc, keyword_scores, asked)
+        order = sorted(fused, key=lambda d: (-fused[d], d))[:k]
+        return [
+            Passage(
+                self.index.chunks[d],
+                fused[d],
+                rank,
+                dense_by_doc[d],
+                float(keyword_scores[d]),
+                float(asked[d]),
+            )
+            for rank, d in enumerate(order, start=1)
+        ]
+
+    def _asked(self, vector: np.ndarray) -> np.ndarray:
+        """Per chunk, the cosine between the question and the nearest sample question about
+        its section (0 for a section nobody wrote sample questions for)."""
+        best = np.zeros(len(self._title_ids), dtype=np.float32)
+        if len(self.index.questions):
+            np.maximum.at(best, self._question_title_ids, self.index.question_vectors @ vector)
+        return best[self._chunk_title_ids]
+
+    def _fuse(self, dense_by_doc: dict[int, float], keyword_scores: np.ndarray,
+              asked: np.ndarray) -> dict[int, float]:
+        """A convex combination of cosine similarity and BM25 scaled by its best score.
+
+        Reciprocal rank fusion threw away how far ahead a passage was: a section the
+        embedder ranked 2nd but BM25 ranked 48th (a question in everyday words) lost to
+        passages both ranked 5th. Scores keep that margin (README, "How it works"). The
+        cosine is the larger of the text's and the weighted nearest sample question's, so a
+        section nobody wrote questions for (an uploaded document) loses nothing by it.
+        """
+        alpha = self.settings.dense_weight
+        best_keyword = float(keyword_scores.max()) if len(keyword_scores) else 0.0
+        scale = 1.0 / best_keyword if best_keyword > 0 else 0.0
+        weight = self.settings.asked_weight
+        return {
+            d: alpha * max(cosine, weight * float(asked[d])) + (1 - alpha) * float(keyword_scores[d]) * scale
+            for d, cosine in dense_by_doc.items()
+        }
+
+    def rare_terms(self, question: str) -> set[str]:
+        """Question words that occur in only a few chunks (names, acronyms), not stop words."""
+        postings = self.index.keyword.postings
+        limit = max(3, len(self.index) // 100)
+        return {
+            t for t in tokenize(question)
+            if len(t) >= 3 and not t.isdigit() and 0 < len(postings.get(t, ())) <= limit
+        }
+
+    def unknown_names(self, question: str) -> list[str]:
+        """Names the question asks about that occur nowhere in the index, not even as a word.
+
+        "What is DoRA?" asks about something the guide never mentions, however close
+        LoRA's section comes in meaning. Only a name in the place of the question's subject
+        counts: "Can my model work for Spanish users?" or "how much VRAM does it need?" is
+        still about the guide. On train/questions.jsonl this flags 38 of the 94 questions the
+        guide does not cover and none of the 1,671 it does (any unknown name: 64 and 7).
+        """
+        postings = self.index.keyword.postings
+        names = []
+        for match in _NAME.finditer(question):
+            word, before = match.group(), question[: match.start()]
+            plain = not any(c.isupper() or c.isdigit() for c in word[1:])
+            if plain and _SENTENCE_START.search(before):
+                continue  # a capital that only opens a sentence names nothing
+            subject = _ASKS_ABOUT.search(before) or _BEFORE_MORE.match(question[match.end():])
+            terms = tokenize(word)
+            if subject and terms and not any(t in postings for t in terms) and word not in names:
+                names.append(word)
+        return names

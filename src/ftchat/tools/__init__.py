@@ -1,0 +1,1 @@
+"""Tools around the product: the bench, evaluation, training and the load test."""

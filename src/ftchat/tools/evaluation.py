@@ -1,0 +1,456 @@
+"""The eval set: retrieval quality, the gate's calibration, and the quality of answers.
+
+Rows are JSON Lines: {"question", "expected_terms": [...], "answerable": bool} and an
+optional "history": [earlier questions] for follow-up questions. A passage "hits" when
+any expected term occurs in its title or text, case-insensitively.
+
+In-scope rows may also carry "nuggets": [["alt", "alt"], ...], the key facts a good answer
+states (a fact is stated when any alternative occurs in the answer text, case-insensitively),
+and "sections": [heading paths joined with " › "], the sections that answer the question.
+A hit says the right section was found; only nuggets say the answer told the user.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftchat.answering import answer as ans
+from ftchat.answering.evidence import ABOUT_THE_GUIDE, LEANING_OPENER, NEAR_DUPLICATE, EvidenceSet
+from ftchat.answering.retrieval import Passage
+from ftchat.api import Assistant
+from ftchat.config import GATE_FILE, REPO_ROOT
+from ftchat.files import read_lines
+from ftchat.models.embedding import Embedder
+from ftchat.text import split_sentences
+from ftchat.tools.stats import percentile
+
+DEFAULT_EVAL_FILE = REPO_ROOT / "eval" / "eval.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    question: str
+    expected_terms: tuple[str, ...]
+    answerable: bool
+    history: tuple[str, ...] = ()
+    nuggets: tuple[tuple[str, ...], ...] = ()
+    sections: tuple[str, ...] = ()
+
+
+class EvalFileError(ValueError):
+    pass
+
+
+def load_rows(path: Path = DEFAULT_EVAL_FILE) -> list[EvalRow]:
+    """The rows of an eval file; the first malformed row stops it, naming file and line."""
+    rows = []
+    for line in read_lines(path):
+        try:
+            if line.error:
+                raise ValueError(line.error)
+            rows.append(_eval_row(line.value))
+        except ValueError as exc:
+            raise EvalFileError(f"{path}:{line.number}: {exc}") from None
+    if not rows:
+        raise EvalFileError(f"{path} has no eval rows")
+    return rows
+
+
+def _eval_row(data: object) -> EvalRow:
+    if not isinstance(data, dict):
+        raise ValueError(f"an eval row is a JSON object, not {type(data).__name__}")
+    if not isinstance(data.get("question"), str) or not data["question"].strip():
+        raise ValueError('an eval row needs a non-empty "question" string')
+    for key in ("expected_terms", "history", "sections"):
+        if not isinstance(data.get(key, []), list):
+            raise ValueError(f'"{key}" must be a list of strings')
+    if not isinstance(data.get("answerable", True), bool):
+        raise ValueError('"answerable" must be true or false')
+    return EvalRow(
+        question=data["question"],
+        expected_terms=tuple(str(t) for t in data.get("expected_terms", [])),
+        answerable=data.get("answerable", True),
+        history=tuple(str(h) for h in data.get("history", [])),
+        nuggets=_nuggets(data.get("nuggets", [])),
+        sections=tuple(str(t) for t in data.get("sections", [])),
+    )
+
+
+def _nuggets(value: object) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(value, list) or not all(isinstance(n, list) and n for n in value):
+        raise ValueError("nuggets must be a list of non-empty lists of alternative phrasings")
+    return tuple(tuple(str(alt) for alt in nugget) for nugget in value)
+
+
+def hits(passage: Passage, terms: tuple[str, ...]) -> bool:
+    haystack = f"{passage.chunk.title}\n{passage.chunk.text}".lower()
+    return any(term.lower() in haystack for term in terms)
+
+
+# --- Retrieval --------------------------------------------------------------------------
+
+
+@dataclass
+class RetrievalReport:
+    questions: int
+    recall_at_1: float
+    recall_at_5: float
+    mrr: float
+    misses: list[str] = field(default_factory=list)
+
+
+def evaluate_retrieval(assistant: Assistant, rows: list[EvalRow], k: int = 5) -> RetrievalReport:
+    scored = [r for r in rows if r.answerable and r.expected_terms]
+    first_hits: list[int | None] = []
+    misses = []
+    for row in scored:
+        passages = assistant.search(ans.condense(row.question, list(row.history)), k)
+        rank = next((p.rank for p in passages if hits(p, row.expected_terms)), None)
+        first_hits.append(rank)
+        if rank is None:
+            misses.append(row.question)
+    n = max(len(scored), 1)
+    return RetrievalReport(
+        questions=len(scored),
+        recall_at_1=sum(1 for r in first_hits if r == 1) / n,
+        recall_at_5=sum(1 for r in first_hits if r is not None and r <= k) / n,
+        mrr=sum(1 / r for r in first_hits if r) / n,
+        misses=misses,
+    )
+
+
+# --- Gate calibration -------------------------------------------------------------------
+
+
+def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> list[tuple[float, bool]]:
+    """The gate's input (best cosine similarity, 2.0 when a rare term decides, -1.0 when
+    an unknown name does) for each row, with whether the row is in scope."""
+    result = []
+    retriever = assistant.retriever
+    for row in rows:
+        query = ans.condense(row.question, list(row.history))
+        passages = assistant.search(query)
+        # A question naming a rare section term is covered whatever the threshold.
+        score = max(p.dense for p in passages)
+        if ans.is_covered(passages, 2.0, retriever.rare_terms(query)):
+            score = 2.0
+        if retriever.unknown_names(row.question):  # declined whatever the threshold
+            score = -1.0
+        result.append((score, row.answerable))
+    return result
+
+
+def calibrate(scores: list[tuple[float, bool]]) -> dict:
+    """The threshold that maximises the worse of in-scope and out-of-scope accuracy.
+
+    Among equally good thresholds, take the middle of the widest gap, so that a question
+    near the boundary is not decided by a hair.
+    """
+    inside = sorted(s for s, a in scores if a)
+    outside = sorted(s for s, a in scores if not a)
+    candidates = sorted({s for s, _ in scores if s <= 1.0})
+    best = None
+    for low, high in zip(candidates, candidates[1:] + [candidates[-1] + 0.02], strict=True):
+        t = (low + high) / 2
+        acc_in = sum(1 for s in inside if s >= t) / max(len(inside), 1)
+        acc_out = sum(1 for s in outside if s < t) / max(len(outside), 1)
+        key = (min(acc_in, acc_out), acc_in + acc_out, high - low)
+        if best is None or key > best[0]:
+            best = (key, t, acc_in, acc_out)
+    assert best is not None
+    _, threshold, acc_in, acc_out = best
+    return {
+        "threshold": round(threshold, 4),
+        "in_scope_accuracy": round(acc_in, 4),
+        "out_of_scope_accuracy": round(acc_out, 4),
+        "in_scope_questions": len(inside),
+        "out_of_scope_questions": len(outside),
+        "calibrated_at": time.strftime("%Y-%m-%d"),
+    }
+
+
+def cross_validate(scores: list[tuple[float, bool]], folds: int = 5) -> dict:
+    """Gate accuracy on questions the threshold was not calibrated on.
+
+    Row i goes to fold i % folds; each fold is scored with a threshold calibrated on the
+    others. The committed threshold is fitted on all rows, so its own accuracy is
+    optimistic: this is the figure to expect on new questions.
+    """
+    right_in = right_out = n_in = n_out = 0
+    thresholds = []
+    for fold in range(folds):
+        train = [row for i, row in enumerate(scores) if i % folds != fold]
+        test = [row for i, row in enumerate(scores) if i % folds == fold]
+        if not any(a for _, a in train) or all(a for _, a in train) or not test:
+            continue
+        threshold = calibrate(train)["threshold"]
+        thresholds.append(threshold)
+        for score, answerable in test:
+            if answerable:
+                n_in += 1
+                right_in += score >= threshold
+            else:
+                n_out += 1
+                right_out += score < threshold
+    return {
+        "folds": len(thresholds),
+        "in_scope_accuracy": round(right_in / max(n_in, 1), 4),
+        "out_of_scope_accuracy": round(right_out / max(n_out, 1), 4),
+        "thresholds": thresholds,
+    }
+
+
+def write_calibration(result: dict, path: Path = GATE_FILE) -> None:
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+# --- Answers ----------------------------------------------------------------------------
+
+
+# --- What the answer says -----------------------------------------------------------------
+
+_LIST_ITEM = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s")
+
+
+def stated_nuggets(text: str, nuggets: tuple[tuple[str, ...], ...]) -> list[bool]:
+    """For each nugget, whether the answer text states it (any alternative, any case)."""
+    haystack = ans.CITATION_MARKERS.sub("", text).lower()
+    return [any(alt.lower() in haystack for alt in nugget) for nugget in nuggets]
+
+
+def _source_sentences(answer: ans.Answer, n: int) -> list[str]:
+    citation = next((c for c in answer.citations if c.n == n), None)
+    return split_sentences(citation.passage.chunk.text) if citation else []
+
+
+def _follows_in_source(answer: ans.Answer, previous: str, sentence: str) -> bool:
+    """True when `previous` comes right before `sentence` in the section both cite, so a
+    leaning opener ("It ...") has its subject in front of it."""
+    cited = ans.cited_numbers(sentence)
+    if not cited or cited[:1] != ans.cited_numbers(previous)[:1]:
+        return False
+    source = _source_sentences(answer, cited[0])
+    here, before = ans.claim_text(sentence), ans.claim_text(previous)
+    if here not in source:  # the model's own wording: its subject is the sentence before
+        return True
+    position = source.index(here)
+    return position > 0 and source[position - 1] == before
+
+
+def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> list[tuple[str, str]]:
+    """(sentence, why) for each sentence a reader cannot take as it stands: a lead-in ending
+    in ':' with nothing after it, an opener leaning on a sentence that is not shown, or a
+    sentence about the guide or a category rather than the subject."""
+    sentences = split_sentences(answer.text)
+    problems = []
+    for i, sentence in enumerate(sentences):
+        claim = ans.claim_text(sentence)
+        following = sentences[i + 1] if i + 1 < len(sentences) else ""
+        if claim.endswith(":") and not _LIST_ITEM.match(following):
+            problems.append((sentence, "a lead-in with nothing after it"))
+        elif LEANING_OPENER.match(claim) and not (
+            i and _follows_in_source(answer, sentences[i - 1], sentence)
+        ):
+            problems.append((sentence, "leans on a sentence that is not shown"))
+        elif not about_the_guide_ok and ABOUT_THE_GUIDE.search(claim):
+            problems.append((sentence, "about the guide, not the subject"))
+    return problems
+
+
+def _in_sections(title: str, sections: tuple[str, ...]) -> bool:
+    return any(title == s or title.startswith(s + " › ") for s in sections)
+
+
+def off_topic_sentences(answer: ans.Answer, sections: tuple[str, ...]) -> list[str]:
+    """Sentences whose cited sections are none of the sections that answer the question."""
+    if not sections:
+        return []
+    titles = {c.n: c.passage.chunk.title for c in answer.citations}
+    return [
+        sentence for sentence in split_sentences(answer.text)
+        if not any(_in_sections(titles.get(n, ""), sections) for n in ans.cited_numbers(sentence))
+    ]
+
+
+def answer_words(answer: ans.Answer) -> int:
+    return len(ans.CITATION_MARKERS.sub("", answer.text).split())
+
+
+@dataclass
+class ContentReport:
+    """What the answers told the user, over the in-scope rows that carry nuggets/sections."""
+
+    nugget_rows: int = 0
+    nugget_recall: float = 0.0
+    complete_answers: float = 0.0
+    broken_sentences: int = 0
+    off_topic_per_answer: float = 0.0
+    mean_answer_words: float = 0.0
+    # Rows asked after their history (a conversation): what they added.
+    follow_up_rows: int = 0
+    follow_up_nugget_recall: float = 0.0
+    follow_up_repeats: int = 0  # their sentences the conversation had already shown
+    problems: list[dict] = field(default_factory=list)
+
+
+def _talks_about_the_guide(row: EvalRow) -> bool:
+    return "guide" in row.question.lower() or any(s.startswith("About this guide") for s in row.sections)
+
+
+def _judge_one(row: EvalRow, answer: ans.Answer, report: ContentReport) -> tuple[float | None, int | None]:
+    """Adds the row's problems to `report`; returns its nugget recall and off-topic count
+    (None where the row has no nuggets, or no sections, or the answer was declined)."""
+    recall = None
+    if row.nuggets:
+        stated = stated_nuggets(answer.text if answer.answerable else "", row.nuggets)
+        recall = sum(stated) / len(stated)
+        missing = [list(n) for n, ok in zip(row.nuggets, stated, strict=True) if not ok]
+        if missing:
+            report.problems.append({"question": row.question, "problem": "nuggets", "missing": missing})
+    if not answer.answerable:
+        return recall, None
+    for sentence, why in broken_sentences(answer, _talks_about_the_guide(row)):
+        report.broken_sentences += 1
+        report.problems.append({"question": row.question, "problem": "broken", "sentence": sentence,
+                                "why": why})
+    if not row.sections:
+        return recall, None
+    strays = off_topic_sentences(answer, row.sections)
+    report.problems += [{"question": row.question, "problem": "off-topic", "sentence": s} for s in strays]
+    return recall, len(strays)
+
+
+def judge_content(pairs: list[tuple[EvalRow, ans.Answer]]) -> ContentReport:
+    """Nuggets, broken and off-topic sentences and length over the in-scope rows. A declined
+    in-scope question stated none of its nuggets."""
+    report = ContentReport()
+    recalls, off_topic, words = [], [], []
+    for row, answer in pairs:
+        if not row.answerable:
+            continue
+        recall, strays = _judge_one(row, answer, report)
+        if recall is not None:
+            recalls.append(recall)
+        if strays is not None:
+            off_topic.append(strays)
+        if answer.answerable:
+            words.append(answer_words(answer))
+    report.nugget_rows = len(recalls)
+    report.nugget_recall = statistics.fmean(recalls) if recalls else 0.0
+    report.complete_answers = sum(r == 1.0 for r in recalls) / max(len(recalls), 1)
+    report.off_topic_per_answer = statistics.fmean(off_topic) if off_topic else 0.0
+    report.mean_answer_words = statistics.fmean(words) if words else 0.0
+    return report
+
+
+@dataclass
+class AnswerReport:
+    questions: int
+    in_scope_answered: float
+    out_of_scope_declined: float
+    citation_validity: float
+    support_rate: float
+    model_sentences_kept: float
+    model_written_share: float  # of the sentences shown, those in the model's own words
+    extractive_rate: float
+    first_token_ms_p50: float
+    total_ms_p50: float
+    total_ms_p95: float
+    content: ContentReport = field(default_factory=ContentReport)
+    failures: list[dict] = field(default_factory=list)
+
+
+def citation_valid(answer: ans.Answer, terms: tuple[str, ...]) -> bool:
+    """Every [n] resolves to a citation, and some cited passage contains an expected term."""
+    numbers = {int(n) for n in ans.cited_numbers(answer.text)}
+    listed = {c.n for c in answer.citations}
+    if not numbers or not numbers <= listed:
+        return False
+    return not terms or any(hits(c.passage, terms) for c in answer.citations)
+
+
+def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
+    answered_in = declined_out = valid = cited_answers = 0
+    supported = sentences = kept = written = extractive = 0
+    first, total = [], []
+    failures = []
+    embedder = assistant.retriever.embedder
+    pairs = []
+    repeats = 0
+    for row in rows:
+        answer, earlier = ask_in_conversation(assistant, row)
+        repeats += repeated_sentences(answer.text, earlier, embedder)
+        pairs.append((row, answer))
+        first.append(answer.timings["first_token_ms"])
+        total.append(answer.timings["total_ms"])
+        if row.answerable:
+            answered_in += answer.answerable
+        else:
+            declined_out += not answer.answerable
+        if answer.answerable != row.answerable:
+            failures.append({"question": row.question, "problem": "gate", "answer": answer.text})
+        if not answer.answerable:
+            continue
+        extractive += answer.mode == "extractive"
+        cited_answers += 1
+        if citation_valid(answer, row.expected_terms if row.answerable else ()):
+            valid += 1
+        else:
+            failures.append({"question": row.question, "problem": "citation", "answer": answer.text})
+        evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+        for sentence in split_sentences(answer.text):
+            sentences += 1
+            supported += ans.verify_sentence(sentence, evidence, embedder).supported
+        kept += answer.model_sentences
+        written += answer.model_sentences + len(answer.dropped_sentences)
+    n_in = sum(1 for r in rows if r.answerable)
+    n_out = len(rows) - n_in
+    return AnswerReport(
+        questions=len(rows),
+        in_scope_answered=answered_in / max(n_in, 1),
+        out_of_scope_declined=declined_out / max(n_out, 1),
+        citation_validity=valid / max(cited_answers, 1),
+        support_rate=supported / max(sentences, 1),
+        model_sentences_kept=kept / max(written, 1),
+        model_written_share=kept / max(sentences, 1),
+        extractive_rate=extractive / max(cited_answers, 1),
+        first_token_ms_p50=percentile(first, 50),
+        total_ms_p50=percentile(total, 50),
+        total_ms_p95=percentile(total, 95),
+        content=_with_follow_ups(judge_content(pairs), pairs, repeats),
+        failures=failures,
+    )
+
+
+def ask_in_conversation(assistant: Assistant, row: EvalRow) -> tuple[ans.Answer, list[str]]:
+    """(the row's answer, the earlier answers): its history asked and answered first, in
+    order, as a reader would have, so the answer is judged on what it adds."""
+    earlier: list[str] = []
+    for i, question in enumerate(row.history):
+        earlier.append(assistant.ask(question, list(row.history[:i]), earlier_answers=list(earlier)).text)
+    return assistant.ask(row.question, list(row.history), earlier_answers=earlier), earlier
+
+
+def repeated_sentences(text: str, earlier: list[str], embedder: Embedder) -> int:
+    """Sentences of `text` the earlier answers already said: quoted again, or as close in
+    meaning as two definitions of one term."""
+    answered = [t for t in earlier if not t.startswith(ans.NOT_COVERED)]
+    said = [ans.claim_text(s) for t in answered for s in split_sentences(t)]
+    claims = [ans.claim_text(s) for s in split_sentences(text)]
+    if not said or not claims:
+        return 0
+    close = (embedder.encode(claims) @ embedder.encode(said).T).max(axis=1)
+    return sum(1 for c, sim in zip(claims, close, strict=True) if c in said or float(sim) > NEAR_DUPLICATE)
+
+
+def _with_follow_ups(content: ContentReport, pairs: list[tuple[EvalRow, ans.Answer]],
+                     repeats: int) -> ContentReport:
+    judged = judge_content([(row, answer) for row, answer in pairs if row.history])
+    content.follow_up_rows, content.follow_up_nugget_recall = judged.nugget_rows, judged.nugget_recall
+    content.follow_up_repeats = repeats
+    return content
