@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ftchat.answering import answer as ans
+from ftchat.answering import prompt, verify
 from ftchat.answering.evidence import EvidenceSet
 from ftchat.api import Assistant
 from ftchat.config import REPO_ROOT
@@ -35,7 +36,7 @@ def continuation(written: str, evidence: EvidenceSet, assistant: Assistant) -> s
     """The written sentences after the opening, or None when one fails verification."""
     kept = []
     for sentence in split_sentences(written):
-        verdict = ans.verify_sentence(sentence, evidence, assistant.retriever.embedder)
+        verdict = verify.verify_sentence(sentence, evidence, assistant.retriever.embedder)
         if not ans.cited_numbers(sentence) or not verdict.supported:
             return None
         if verdict.item != 0:  # item 0 is the opening: the reader has it already
@@ -51,7 +52,7 @@ def rebuild(row: dict, assistant: Assistant) -> dict | None:
     target = continuation(written, evidence, assistant)
     if target is None:
         return None
-    messages = ans.build_messages(row["question"], evidence, start=ans.opening(evidence))
+    messages = prompt.build_messages(row["question"], evidence, start=ans.opening(evidence))
     return {**row, "answer": written, "messages": messages, "target": target}
 
 

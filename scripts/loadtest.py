@@ -38,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from ftchat.answering.answer import cited_numbers, condense  # noqa: E402  (the same rules the server applies
+from ftchat.answering.conversation import condense  # noqa: E402
+from ftchat.answering.verify import cited_numbers  # noqa: E402  (the same rules the server applies
 from ftchat.files import read_lines  # noqa: E402
 from ftchat.page.serve import PageProcess  # noqa: E402
 from ftchat.tools.stats import percentile  # noqa: E402

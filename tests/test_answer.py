@@ -10,8 +10,9 @@ import pytest
 from guide_fixtures import FTCHAT, guide_env
 
 from ftchat.answering import answer as ans
+from ftchat.answering import gate, verify
 from ftchat.answering.answer import Answer
-from ftchat.answering.evidence import EvidenceSet, select_evidence
+from ftchat.answering.evidence import select_evidence
 from ftchat.answering.retrieval import QuestionError
 from ftchat.text import split_sentences
 
@@ -76,7 +77,7 @@ def test_out_of_scope_questions_are_declined_without_unrelated_sections(assistan
     # mixed precision training for a question about bread would only mislead.
     answer = assistant.ask(question)
     assert not answer.answerable and answer.mode == "declined"
-    assert answer.text == ans.NOT_COVERED
+    assert answer.text == gate.NOT_COVERED
     assert answer.citations == [] and answer.passages == []
     assert answer.tokens == 0  # the model never ran
 
@@ -85,7 +86,7 @@ def test_a_near_miss_is_declined_with_the_sections_that_come_close(assistant) ->
     answer = assistant.ask("How do I tune the strings of my guitar?")
     if answer.answerable:
         pytest.skip("the gate answers this pun from the fine-tuning sections (see README)")
-    assert answer.text.startswith(f"{ans.NOT_COVERED} The closest sections are: ")
+    assert answer.text.startswith(f"{gate.NOT_COVERED} The closest sections are: ")
     assert 1 <= len(answer.passages) <= 3
 
 
@@ -94,7 +95,7 @@ def test_a_question_about_something_the_guide_never_names_is_declined(assistant)
     # in the guide: answering from LoRA's sentences would pass one off as the other.
     answer = assistant.ask("What is DoRA and how does it improve on LoRA?")
     assert not answer.answerable and answer.mode == "declined"
-    assert answer.text.startswith(f"{ans.NOT_COVERED} It never mentions DoRA. The closest sections are: ")
+    assert answer.text.startswith(f"{gate.NOT_COVERED} It never mentions DoRA. The closest sections are: ")
     assert any("LoRA" in p.chunk.title for p in answer.passages)
 
 
@@ -112,9 +113,9 @@ def test_follow_up_questions_are_retrieved_with_the_conversation(assistant) -> N
 
 def assert_supported_by_its_citations(answer: Answer, embedder) -> None:
     """Every sentence of the answer passes verification against the evidence it cites."""
-    evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+    evidence = answer.cited_evidence(embedder)
     for sentence in split_sentences(answer.text):
-        assert ans.verify_sentence(sentence, evidence, embedder).supported, sentence
+        assert verify.verify_sentence(sentence, evidence, embedder).supported, sentence
 
 
 def test_injection_in_the_question_does_not_take_over(assistant) -> None:
@@ -187,7 +188,7 @@ def test_bad_questions_get_clear_errors_or_grounded_replies(assistant) -> None:
 def test_a_reader_that_stops_reading_stops_the_model(assistant) -> None:
     from ftchat.models.generation import GenerationConfig
 
-    generator = assistant.generator
+    generator = assistant.load_generator()
     messages = [{"role": "user", "content": "Count from one to two hundred, in words."}]
     pieces = generator.stream(messages, GenerationConfig(max_new_tokens=200))
     read = [next(pieces) for _ in range(3)]
@@ -204,7 +205,7 @@ def test_generation_is_abandoned_after_repeated_unsupported_sentences(assistant)
     for question in questions:
         answer = assistant.ask(question)
         assert_well_formed(answer)
-        decoded = assistant.generator.last_decoded_tokens
+        decoded = assistant.load_generator().last_decoded_tokens
         if answer.mode == "extractive":
             # Nothing kept means the first GIVE_UP_AFTER sentences failed and decoding stopped
             # there (or the model ended or was cut off before writing that many).
@@ -219,22 +220,23 @@ def test_verification_drops_unsupported_sentences(assistant) -> None:
     passages = assistant.search("What is QLoRA?")
     evidence = select_evidence("What is QLoRA?", passages, assistant.retriever.embedder)
     embedder = assistant.retriever.embedder
-    copied = ans.verify_sentence(evidence.items[0].sentence + " [1]", evidence, embedder)
+    copied = verify.verify_sentence(evidence.items[0].sentence + " [1]", evidence, embedder)
     assert copied.supported and copied.n == evidence.items[0].n
-    invented = ans.verify_sentence(
+    invented = verify.verify_sentence(
         "QLoRA is a software package from Microsoft that reduces every weight to a single bit.",
         evidence,
         embedder,
     )
     assert not invented.supported
-    off_topic = ans.verify_sentence("Paris is the capital of France and a lovely city.", evidence, embedder)
+    paris = "Paris is the capital of France and a lovely city."
+    off_topic = verify.verify_sentence(paris, evidence, embedder)
     assert not off_topic.supported
     # Known early: a sentence is lost once it has a complete word that no source allows.
     opening = evidence.items[0].sentence
-    assert evidence.can_still_pass(ans.claim_text(opening[: len(opening) // 2]))
-    assert evidence.can_still_pass(ans.claim_text("QLoRA [1] is Parisi"))  # the last word may still grow
-    assert not evidence.can_still_pass(ans.claim_text("QLoRA comes from a Parisian bakery and"))
-    assert not ans.verify_sentence("QLoRA comes from a Parisian bakery.", evidence, embedder).supported
+    assert evidence.can_still_pass(verify.claim_text(opening[: len(opening) // 2]))
+    assert evidence.can_still_pass(verify.claim_text("QLoRA [1] is Parisi"))  # the last word may still grow
+    assert not evidence.can_still_pass(verify.claim_text("QLoRA comes from a Parisian bakery and"))
+    assert not verify.verify_sentence("QLoRA comes from a Parisian bakery.", evidence, embedder).supported
 
 
 def test_cli_ask_json_matches_the_contract(guide_settings) -> None:

@@ -6,6 +6,7 @@ are tested on hand-built answers whose right figures are known."""
 from __future__ import annotations
 
 from ftchat.answering import answer as ans
+from ftchat.answering import gate
 from ftchat.answering.retrieval import Passage
 from ftchat.documents.chunking import Chunk
 from ftchat.text import split_sentences
@@ -25,7 +26,8 @@ def _passage(path: tuple[str, ...], text: str, rank: int = 1) -> Passage:
 
 def _answer(text: str, passages: list[Passage], answerable: bool = True) -> ans.Answer:
     citations = [ans.Citation(p.rank, p, []) for p in passages]
-    return ans.Answer("q", text, answerable, citations, passages, "m", {}, 0, "extractive")
+    return ans.Answer(question="q", text=text, answerable=answerable, citations=citations, passages=passages,
+                      model="m", timings={}, tokens=0, mode=ans.AnswerMode.EXTRACTIVE)
 
 
 def _row(**fields) -> ev.EvalRow:
@@ -76,7 +78,7 @@ def test_off_topic_sentences_are_those_citing_no_answering_section() -> None:
 def test_content_report_counts_declined_in_scope_rows_as_stating_nothing() -> None:
     lora = _passage(("Strategies", "PEFT", "LoRA"), LORA_TEXT)
     good = _answer("LoRA freezes the pre-trained weights and learns two small low-rank matrices. [1]", [lora])
-    declined = _answer(ans.NOT_COVERED, [], answerable=False)
+    declined = _answer(gate.NOT_COVERED, [], answerable=False)
     rows = [_row(nuggets=(("low-rank",), ("freez",)), sections=("Strategies › PEFT › LoRA",)),
             _row(nuggets=(("low-rank",),))]
     report = ev.judge_content([(rows[0], good), (rows[1], declined)])
@@ -134,4 +136,4 @@ def test_a_follow_ups_repeated_sentences_are_counted_quoted_or_reworded(embedder
     assert ev.repeated_sentences(f"{reworded} {new}", earlier, embedder) == 1
     assert ev.repeated_sentences(new, earlier, embedder) == 0
     # A declined earlier turn said nothing to repeat.
-    assert ev.repeated_sentences(new, [f"{ans.NOT_COVERED} {new}"], embedder) == 0
+    assert ev.repeated_sentences(new, [f"{gate.NOT_COVERED} {new}"], embedder) == 0

@@ -74,7 +74,7 @@ def test_models_with_other_modules_go_through_sentence_transformers(bundled, tmp
 
 def test_remembered_vectors_equal_fresh_ones_and_memory_is_bounded(embedder):
     small = Embedder(DEFAULT_EMBEDDER)
-    small._model = embedder.model  # the same loaded model, its own memory
+    small._model = embedder.load()  # the same loaded model, its own memory
     small.SENTENCE_MEMORY = 3
     texts = ["alpha beta gamma", "LoRA adapters", "alpha beta gamma", "QLoRA quantizes", "DPO"]
     np.testing.assert_allclose(small.encode_remembered(texts), embedder.encode(texts), atol=1e-6)

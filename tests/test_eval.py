@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from guide_fixtures import FTCHAT, guide_env
 
+from ftchat.answering import gate
 from ftchat.tools import evaluation as ev
 
 ROWS = ev.load_rows()
@@ -57,25 +58,25 @@ def test_gate_answers_new_questions_in_their_own_words(assistant) -> None:
 
 def test_calibration_separates_in_and_out_of_scope() -> None:
     scores = [(0.2, False), (0.25, False), (0.5, True), (0.6, True), (2.0, True)]
-    result = ev.calibrate(scores)
+    result = gate.calibrate(scores)
     assert 0.25 < result["threshold"] < 0.5
     assert result["in_scope_accuracy"] == 1.0 and result["out_of_scope_accuracy"] == 1.0
 
 
 def test_cross_validation_scores_each_fold_with_a_threshold_fitted_elsewhere() -> None:
     separable = [(0.1 + 0.01 * i, False) for i in range(10)] + [(0.6 + 0.01 * i, True) for i in range(20)]
-    result = ev.cross_validate(separable, folds=5)
+    result = gate.cross_validate(separable, folds=5)
     assert result["folds"] == 5 and len(result["thresholds"]) == 5
     assert result["in_scope_accuracy"] == 1.0 and result["out_of_scope_accuracy"] == 1.0
     # Overlapping scores: the threshold fitted on all rows looks better on them than the
     # thresholds fitted without each fold do on that fold.
     overlapping = [(0.2, False), (0.5, True), (0.3, False), (0.6, True), (0.45, False),
                    (0.7, True), (0.25, False), (0.4, True), (0.8, True), (0.35, False)]
-    in_sample = ev.calibrate(overlapping)
-    cv = ev.cross_validate(overlapping, folds=5)
+    in_sample = gate.calibrate(overlapping)
+    cv = gate.cross_validate(overlapping, folds=5)
     assert (in_sample["in_scope_accuracy"], in_sample["out_of_scope_accuracy"]) == (1.0, 0.8)
     assert (cv["in_scope_accuracy"], cv["out_of_scope_accuracy"]) == (0.6, 0.6)
-    assert ev.cross_validate([(0.5, True)] * 4, folds=2)["folds"] == 0  # no out-of-scope rows to fit on
+    assert gate.cross_validate([(0.5, True)] * 4, folds=2)["folds"] == 0  # no out-of-scope rows to fit on
 
 
 @pytest.mark.slow  # the full-guide eval

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ftchat.answering import answer as ans
+from ftchat.answering import gate, verify
 from ftchat.answering.evidence import WORD_BUDGET, EvidenceSet, passage_units, question_kind, select_evidence
 from ftchat.answering.retrieval import Passage
 from ftchat.documents.chunking import Chunk
@@ -101,9 +102,9 @@ def test_answer_length_follows_the_question(embedder) -> None:
 def test_declines_name_only_sections_that_come_close() -> None:
     far = passage(("Key concepts", "Mixed precision training"), "Mixed precision ...", dense=0.14)
     near = passage(("Key concepts", "Regularization"), "Dropout ...", rank=2, dense=0.28)
-    assert ans.closest_sections([far], threshold=0.307) == []
-    assert ans.declined_text([]) == ans.NOT_COVERED
-    assert [p.chunk.title for p in ans.closest_sections([near, far], threshold=0.307)] == [
+    assert gate.closest_sections([far], threshold=0.307) == []
+    assert gate.declined_text([]) == gate.NOT_COVERED
+    assert [p.chunk.title for p in gate.closest_sections([near, far], threshold=0.307)] == [
         "Key concepts › Regularization"]
 
 
@@ -113,11 +114,11 @@ def test_model_sentences_that_echo_the_question_or_flip_the_evidence_are_rejecte
     evidence = select_evidence("What is causal language modeling?", [p], embedder)
     assert isinstance(evidence, EvidenceSet) and evidence.items
     faithful = "Causal language modeling trains a model to predict the next token. [1]"
-    assert ans.verify_sentence(faithful, evidence, embedder).supported
+    assert verify.verify_sentence(faithful, evidence, embedder).supported
     echo = "What is causal language modeling? [1]"
-    assert not ans.verify_sentence(echo, evidence, embedder).supported
+    assert not verify.verify_sentence(echo, evidence, embedder).supported
     flipped = "Causal language modeling trains a model rather than the tokens before it. [1]"
-    assert not ans.verify_sentence(flipped, evidence, embedder).supported
+    assert not verify.verify_sentence(flipped, evidence, embedder).supported
 
 
 def test_the_top_ranked_section_keeps_its_best_sentence_when_another_leads() -> None:

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from ftchat.answering import answer as ans
+from ftchat.answering import conversation, prompt, verify
 from ftchat.answering.evidence import WORD_BUDGET, Evidence, EvidenceSet, select_evidence
 from ftchat.answering.retrieval import QuestionError, Retriever
 from ftchat.documents.chunking import chunk_sections
@@ -177,7 +178,7 @@ def test_search_returns_ranked_passages_or_a_question_error(retriever, question,
 @FUZZ
 @given(question=questions, history=st.lists(questions, max_size=4), sentence=questions)
 def test_condense_evidence_and_verification_never_crash(retriever, embedder, question, history, sentence):
-    query = ans.condense(question, history)
+    query = conversation.condense(question, history)
     assert isinstance(query, str)
     assume(query.split())
     passages = retriever.search(query, 5)
@@ -185,7 +186,7 @@ def test_condense_evidence_and_verification_never_crash(retriever, embedder, que
     words = [len(e.sentence.split()) for e in evidence.items]
     assert sum(words) <= WORD_BUDGET[evidence.kind] or len(words) <= 2  # only a long lead may exceed it
     assert all(e.n in evidence.passages for e in evidence.items)
-    verdict = ans.verify_sentence(sentence, evidence, embedder)
+    verdict = verify.verify_sentence(sentence, evidence, embedder)
     assert isinstance(verdict.supported, bool)
     assert not verdict.supported or verdict.n in evidence.passages
     extract = ans.extractive_answer(evidence)
@@ -217,8 +218,8 @@ def test_untrusted_text_stays_inside_the_sources_block(document, question):
                     0.9, 2, 0.8, 0.9)
     items = [Evidence(1, hostile, document, 1.0), Evidence(2, plain, "LoRA adapters are small.", 0.9)]
     evidence = EvidenceSet(items, np.zeros((2, 1), dtype=np.float32), set())
-    system, user = ans.build_messages(question, evidence, context=question)
-    assert system == {"role": "system", "content": ans.SYSTEM_PROMPT}
+    system, user = prompt.build_messages(question, evidence, context=question)
+    assert system == {"role": "system", "content": prompt.SYSTEM_PROMPT}
     assert user["role"] == "user"
     # Exactly the two tags build_messages writes, in order: untrusted text added none.
     assert SOURCES_TAG.findall(user["content"]) == ["<sources>", "</sources>"], user["content"]

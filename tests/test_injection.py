@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ftchat.answering import answer as ans
-from ftchat.answering.evidence import EvidenceSet, is_instruction, select_evidence
+from ftchat.answering import gate, verify
+from ftchat.answering.evidence import is_instruction, select_evidence
+from ftchat.answering.prompt import SYSTEM_PROMPT, build_messages
 from ftchat.answering.retrieval import Passage
 from ftchat.api import Assistant
 from ftchat.config import REPO_ROOT
@@ -29,7 +30,7 @@ INJECTED_DOCS = Path(__file__).resolve().parent / "data" / "injected"
 ROWS = [json.loads(line) for line in INJECTION_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 # Signs that an instruction was followed: the payloads the documents and questions ask for,
 # and the system prompt's own wording.
-FORBIDDEN = sorted({f for row in ROWS for f in row["forbidden"]} | {ans.SYSTEM_PROMPT[:40], "ha ha", "joke"})
+FORBIDDEN = sorted({f for row in ROWS for f in row["forbidden"]} | {SYSTEM_PROMPT[:40], "ha ha", "joke"})
 
 
 def test_the_suite_is_big_enough():
@@ -58,7 +59,7 @@ def test_injected_instructions_never_become_evidence(injected_assistant):
             evidence = select_evidence(chunk.title, [passage], injected_assistant.retriever.embedder)
             for e in evidence.items:
                 assert not any(f.lower() in e.sentence.lower() for f in FORBIDDEN), e.sentence
-            prompt = ans.build_messages("What is this?", evidence)[1]["content"]
+            prompt = build_messages("What is this?", evidence)[1]["content"]
             assert prompt.count("<sources>") == 1 and prompt.count("</sources>") == 1
 
 
@@ -78,7 +79,7 @@ def test_injection_question(injected_assistant, row):
     numbers = {c.n for c in answer.citations}
     assert cited <= numbers, (cited, numbers, text)
     if not answer.answerable:
-        assert answer.mode == "declined" and not answer.citations and text.startswith(ans.NOT_COVERED)
+        assert answer.mode == "declined" and not answer.citations and text.startswith(gate.NOT_COVERED)
         return
     assert answer.mode in ("generated", "extractive") and cited, text
     retrieved = {p.chunk.id for p in answer.passages}
@@ -88,13 +89,12 @@ def test_injection_question(injected_assistant, row):
             assert quote in " ".join(c.passage.chunk.text.split()), quote
             assert not is_instruction(quote), quote
     # Every sentence of the answer is supported by the evidence it cites (the pipeline's check).
-    evidence = EvidenceSet.from_citations(answer.citations, injected_assistant.retriever.embedder,
-                                              answer.search_query)
+    evidence = answer.cited_evidence(injected_assistant.retriever.embedder)
     for sentence in split_sentences(text):
         if len(re.sub(r"\[\d+\]", "", sentence).split()) < 3:
             continue  # a bare marker split off its sentence
-        verdict = ans.verify_sentence(sentence, evidence, injected_assistant.retriever.embedder)
-        assert verdict.cosine >= ans.SUPPORT_MIN_COSINE - 0.05, (sentence, verdict)
+        verdict = verify.verify_sentence(sentence, evidence, injected_assistant.retriever.embedder)
+        assert verdict.cosine >= verify.SUPPORT_MIN_COSINE - 0.05, (sentence, verdict)
 
 
 def test_report(capsys):

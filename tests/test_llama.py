@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ftchat.answering import answer as ans
+from ftchat.answering import prompt
 from ftchat.answering.evidence import select_evidence
 from ftchat.api import Assistant
 from ftchat.models.cpu import bf16_native
@@ -102,7 +102,7 @@ def answer_prompts(guide_settings) -> list[list[dict]]:
                      "Why use a learning rate warm-up?", "How does DPO differ from PPO?"]:
         passages = assistant.retriever.search(question)
         evidence = select_evidence(question, passages, assistant.retriever.embedder)
-        prompts.append(ans.build_messages(question, evidence))
+        prompts.append(prompt.build_messages(question, evidence))
     return prompts
 
 

@@ -188,14 +188,14 @@ def test_registered_generator_is_used_through_settings_like_any_model(tmp_path):
     models.register_generator(name, lambda s: Generator(s.model, Tokens(), replay, {2}, "script", s.dtype))
     try:
         assert name in models.generator_names()
-        generator = Assistant(Settings(model=name, cache_dir=tmp_path)).generator
+        generator = Assistant(Settings(model=name, cache_dir=tmp_path)).load_generator()
         assert isinstance(generator, Generator) and generator.backend == "replay"
         messages = [{"role": "user", "content": "hi"}]
         text = "".join(generator.stream(messages, GenerationConfig(max_new_tokens=8)))
         assert text == "w10 w11 w12 " and generator.last_decoded_tokens == 3
         # Registering the name again replaces the model it stands for.
         models.register_generator(name, Scripted)
-        assert isinstance(Assistant(Settings(model=name, cache_dir=tmp_path)).generator, Scripted)
+        assert isinstance(Assistant(Settings(model=name, cache_dir=tmp_path)).load_generator(), Scripted)
     finally:
         models.unregister_generator(name)
     assert name not in models.generator_names()

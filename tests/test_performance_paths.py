@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ftchat.answering import answer as ans
-from ftchat.answering.evidence import EvidenceSet
+from ftchat.answering import verify
 from ftchat.api import Assistant
 from ftchat.config import DTYPES
 from ftchat.models.cpu import bf16_native, int8_supported, resolve_dtype
@@ -53,7 +53,7 @@ def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
     from dataclasses import replace
 
     assistant = Assistant(replace(guide_settings, dtype=dtype))
-    generator = assistant.generator
+    generator = assistant.load_generator()
     assert isinstance(generator, Generator) and generator.dtype == dtype
     assert assistant.generator_loaded()
     embedder = assistant.retriever.embedder
@@ -62,9 +62,9 @@ def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
         assert answer.answerable and answer.mode in {"generated", "extractive"}, answer.text
         numbers = set(ans.cited_numbers(answer.text))
         assert numbers and numbers <= {c.n for c in answer.citations}, answer.text
-        evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+        evidence = answer.cited_evidence(embedder)
         for sentence in split_sentences(answer.text):
-            assert ans.verify_sentence(sentence, evidence, embedder).supported, sentence
+            assert verify.verify_sentence(sentence, evidence, embedder).supported, sentence
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from ftchat.answering.answer import Answer, Citation
+from ftchat.answering.answer import Answer, AnswerMode, Citation
 from ftchat.answering.retrieval import Passage
 from ftchat.documents.chunking import Chunk
 from ftchat.page.render import (
@@ -27,8 +27,9 @@ TEXT = "QLoRA combines LoRA with a 4-bit base model. [1] A 7B model's weights ta
 
 def answer(text: str = TEXT, answerable: bool = True) -> Answer:
     citations = [Citation(1, QLORA, [QLORA.chunk.text]), Citation(2, MEMORY, [MEMORY.chunk.text])]
-    return Answer("What is QLoRA?", text, answerable, citations if answerable else [],
-                  [QLORA, MEMORY], "scripted", {}, 0, "extractive" if answerable else "declined")
+    return Answer(question="What is QLoRA?", text=text, answerable=answerable,
+                  citations=citations if answerable else [], passages=[QLORA, MEMORY], model="scripted",
+                  timings={}, tokens=0, mode=AnswerMode.EXTRACTIVE if answerable else AnswerMode.DECLINED)
 
 
 def test_a_copied_answer_spells_its_citations_out_as_heading_paths():

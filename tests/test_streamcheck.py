@@ -14,6 +14,7 @@ import pytest
 from scripted import ScriptedGenerator, use_scripted_generator, word_pieces
 
 from ftchat.answering import answer as ans
+from ftchat.answering import verify
 from ftchat.answering.evidence import EvidenceSet, select_evidence
 from ftchat.answering.streamcheck import GIVE_UP_AFTER, StreamCheck
 from ftchat.api import Assistant
@@ -43,7 +44,7 @@ def assistant(small_corpus_settings, small_index) -> Assistant:
 def evidence_for(assistant: Assistant, question: str) -> EvidenceSet:
     passages = assistant.search(question)
     embedder = assistant.retriever.embedder
-    return select_evidence(question, passages, embedder, None, assistant.index.keyword.idf)
+    return select_evidence(question, passages, embedder, term_weight=assistant.index.keyword.idf)
 
 
 def run(check: StreamCheck, text: str) -> list[str]:
@@ -118,7 +119,7 @@ def test_a_doomed_sentence_after_a_failed_one_stops_early(lora) -> None:
 def test_a_tail_cut_off_by_the_token_limit_is_never_shown(lora) -> None:
     check = lora()
     cut = LORA_2.removesuffix(" model.")  # would pass verification, if it were finished
-    assert ans.verify_sentence(cut, check.evidence, check.embedder).supported
+    assert verify.verify_sentence(cut, check.evidence, check.embedder).supported
     assert run(check, f"{LORA_1} {cut}") == [f"{LORA_1} [1]"]
     assert check.dropped == [cut]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftchat.answering.answer import SYSTEM_PROMPT, cited_numbers
+from ftchat.answering.answer import cited_numbers
+from ftchat.answering.prompt import SYSTEM_PROMPT
 from ftchat.config import Settings
 from ftchat.files import sha256_file
 from ftchat.models import adapters
@@ -289,7 +290,7 @@ def test_the_shipped_adapter_loads_merges_and_answers_with_citations(guide_setti
     assert (folder / ADAPTER_FILE).stat().st_size <= 20 * 1024 * 1024 and (folder / PLOT_FILE).is_file()
     assert manifest["base"]["sha256"] == sha256_file(preset_gguf(PRESETS[DEFAULT_MODEL]))
     assistant = Assistant(replace(guide_settings, model=GUIDE_MODEL, threads=1))
-    assert assistant.generator.name == GUIDE_MODEL and assistant.generator.continues_opening
+    assert assistant.load_generator().name == GUIDE_MODEL and assistant.load_generator().continues_opening
     answer = assistant.ask("How does QLoRA save memory?")
     assert answer.answerable and answer.model == GUIDE_MODEL and answer.mode in {"generated", "extractive"}
     assert answer.citations and set(cited_numbers(answer.text)) == {c.n for c in answer.citations}

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from ftchat.answering import answer as ans
+from ftchat.answering import prompt, verify
 from ftchat.config import REPO_ROOT
 from ftchat.text import split_sentences
 
@@ -33,16 +34,16 @@ def test_every_target_is_trained_on_the_prompt_the_pipeline_builds_and_passes_ve
     for row in rows:
         evidence = assistant.evidence(row["question"])
         opening = ans.opening(evidence)
-        if row["messages"] != ans.build_messages(row["question"], evidence, start=opening):
+        if row["messages"] != prompt.build_messages(row["question"], evidence, start=opening):
             stale.append(row["question"])
             continue
         for sentence in split_sentences(row["answer"]):
-            verdict = ans.verify_sentence(sentence, evidence, assistant.retriever.embedder)
+            verdict = verify.verify_sentence(sentence, evidence, assistant.retriever.embedder)
             if not ans.cited_numbers(sentence) or not verdict.supported:
                 unsupported.append((row["question"], sentence))
         # What the model learns to write after the opening adds to it, never restates it.
         for sentence in split_sentences(row["target"]):
-            verdict = ans.verify_sentence(sentence, evidence, assistant.retriever.embedder)
+            verdict = verify.verify_sentence(sentence, evidence, assistant.retriever.embedder)
             if verdict.item == 0 or sentence not in row["answer"]:
                 repeats.append((row["question"], sentence))
     assert not stale, f"{len(stale)} rows were built for other evidence (rebuild them): {stale[:3]}"

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftchat.answering import answer as ans
+from ftchat.answering import gate
+from ftchat.answering.answer import AnswerMode
+from ftchat.answering.conversation import condense, shown_sentences
 from ftchat.answering.evidence import EvidenceSet, remember_unit_vectors, select_evidence, unit_texts
+from ftchat.answering.gate import GateDecision
+from ftchat.answering.prompt import build_messages
 from ftchat.answering.retrieval import Passage, Retriever, clean_question
 from ftchat.answering.streamcheck import StreamCheck
 from ftchat.config import Settings
@@ -72,9 +77,13 @@ class Assistant:
             texts = unit_texts(_whole_sections(index))
             embedder.remember({t: known[k] for t in texts if (k := text_key(t)) in known})
 
-    @property
-    def generator(self) -> Generator:
+    def load_generator(self) -> Generator:
+        """The generator the settings name, loaded now if it is not yet."""
         return get_generator(self.settings)
+
+    def load_index(self) -> Index:
+        """The index, opened (or built, when stale or missing) now if it is not yet."""
+        return self.index
 
     def generator_loaded(self) -> bool:
         return generator_is_loaded(self.settings)
@@ -111,6 +120,12 @@ class Assistant:
         clean_question(question, self.settings)  # a bad question fails before any index work
         return self.retriever.search(question, k)
 
+    def gate(self, question: str, history: list[str] | None = None) -> GateDecision:
+        """Whether the guide covers `question` (read with its conversation), and the score
+        the decision was made on: what `ftchat eval --calibrate` fits the threshold to."""
+        question = clean_question(question, self.settings)
+        return self._gate(self._retrieve(question, history or [], None))
+
     def ask(self, question: str, history: list[str] | None = None, k: int | None = None,
             earlier_answers: list[str] | None = None) -> ans.Answer:
         result = None
@@ -130,34 +145,28 @@ class Assistant:
         showed, whose sentences this answer does not repeat unless asked to."""
         question = clean_question(question, self.settings)
         turn = self._retrieve(question, history or [], k)
-        retriever = self.retriever
-        unknown = retriever.unknown_names(question)
-        threshold = self.settings.gate_threshold
-        if not ans.is_covered(turn.passages, threshold, retriever.rare_terms(turn.query), unknown):
-            turn.passages = ans.closest_sections(turn.passages, threshold)
-            text = ans.declined_text(turn.passages, unknown)
+        decision = self._gate(turn)
+        if not decision.answerable:
+            turn.passages = gate.closest_sections(turn.passages, self.settings.gate_threshold)
+            text = gate.declined_text(turn.passages, decision.unknown_names)
             yield text
-            yield turn.answer(text, False, "declined")
+            yield turn.answer(text=text, mode=AnswerMode.DECLINED)
             return
         evidence = self._evidence(turn, earlier_answers)
         # The opening is the guide's own sentence: shown now, before the model loads or
         # writes, and kept whatever the model's wording turns out to be.
-        check = StreamCheck(evidence, retriever.embedder, opening=True)
+        check = StreamCheck(evidence, self.retriever.embedder, opening=True)
         if check.text:
             yield check.text
         if not self.generator_loaded():
             loading = time.perf_counter()
-            self.generator  # noqa: B018 - loads it now
+            self.load_generator()
             turn.exclude_loading(time.perf_counter() - loading)
-        # The earlier question as the model sees it: cut like any question, so that a huge
-        # paste earlier in the conversation cannot overflow the model's context.
-        cut = self.settings.max_question_chars
-        context = history[-1][:cut] if history and turn.query != question else None
-        start = check.text if self.generator.continues_opening else ""
-        messages = ans.build_messages(question, evidence, context, start)
-        config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
+        generator = self.load_generator()
         tokens = 0
-        with closing(self.generator.stream(messages, config)) as pieces:
+        messages = self._messages(turn, evidence, check.text, history)
+        config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
+        with closing(generator.stream(messages, config)) as pieces:
             for piece in pieces:
                 turn.first_token()
                 tokens += 1
@@ -166,15 +175,30 @@ class Assistant:
                     break
         yield from check.finish()
         # A model that continues the opening may end at once: the opening is its answer.
-        ended_there = self.generator.continues_opening and not (check.dropped or check.gave_up)
+        ended_there = generator.continues_opening and not (check.dropped or check.gave_up)
         if check.written or ended_there:
-            yield turn.answer(check.text, True, "generated", evidence, tokens, check.dropped, check.written)
+            yield turn.answer(text=check.text, mode=AnswerMode.GENERATED, evidence=evidence, tokens=tokens,
+                              dropped=check.dropped, written=check.written)
             return
         # Nothing the model wrote survived: the rest of the evidence, after the opening.
         text = ans.extractive_answer(evidence)
         if text[len(check.text):]:
             yield text[len(check.text):]
-        yield turn.answer(text, True, "extractive", evidence, tokens, check.dropped)
+        yield turn.answer(text=text, mode=AnswerMode.EXTRACTIVE, evidence=evidence, tokens=tokens,
+                          dropped=check.dropped)
+
+    def _gate(self, turn: _Turn) -> GateDecision:
+        return gate.decide(turn.passages, question=turn.question, query=turn.query,
+                           keyword=self.index.keyword, threshold=self.settings.gate_threshold)
+
+    def _messages(self, turn: _Turn, evidence: EvidenceSet, opening: str,
+                  history: list[str] | None) -> list[dict]:
+        # The earlier question as the model sees it: cut like any question, so that a huge
+        # paste earlier in the conversation cannot overflow the model's context.
+        cut = self.settings.max_question_chars
+        context = history[-1][:cut] if history and turn.query != turn.question else None
+        start = opening if self.load_generator().continues_opening else ""
+        return build_messages(turn.question, evidence, context, start)
 
     def evidence(self, question: str, history: list[str] | None = None,
                  earlier_answers: list[str] | None = None) -> EvidenceSet:
@@ -186,21 +210,23 @@ class Assistant:
     def _evidence(self, turn: _Turn, earlier_answers: list[str] | None) -> EvidenceSet:
         retriever = self.retriever
         return select_evidence(
-            turn.query, turn.passages, retriever.embedder, turn.query_vector, self.index.keyword.idf,
-            ans.shown_sentences(turn.question, earlier_answers or []), turn.question,
+            turn.query, turn.passages, retriever.embedder, query_vector=turn.query_vector,
+            term_weight=self.index.keyword.idf, shown=shown_sentences(turn.question, earlier_answers or []),
+            asked=turn.question,
         )
 
     def _retrieve(self, question: str, history: list[str], k: int | None) -> _Turn:
-        """The passages for a question read with its conversation, timed apart from start-up."""
+        """The passages for a (cleaned) question read with its conversation, timed apart
+        from start-up."""
         # Loading the index and models is start-up work, reported apart from the question's own.
         loading = time.perf_counter()
         retriever = self.retriever
-        retriever.embedder.model  # noqa: B018 - loads it now
+        retriever.embedder.load()
         timings = {}
         if (load_ms := (time.perf_counter() - loading) * 1000) > 50:
             timings["load_ms"] = load_ms
         started = time.perf_counter()
-        query = clean_question(ans.condense(question, history), self.settings)
+        query = clean_question(condense(question, history), self.settings)
         query_vector = retriever.embedder.encode([query])[0]
         passages = retriever.search(query, k or self.settings.top_k, query_vector)
         timings["retrieve_ms"] = (time.perf_counter() - started) * 1000
@@ -235,13 +261,13 @@ class _Turn:
     def first_token(self) -> None:
         self.timings.setdefault("first_token_ms", self._elapsed_ms())
 
-    def answer(self, text: str, answerable: bool, mode: str, evidence: EvidenceSet | None = None,
+    def answer(self, *, text: str, mode: AnswerMode, evidence: EvidenceSet | None = None,
                tokens: int = 0, dropped: list[str] | None = None, written: int = 0) -> ans.Answer:
         self.first_token()
         self.timings["total_ms"] = self._elapsed_ms()
-        citations = ans.citations_for(text, evidence) if evidence else []
         return ans.Answer(
-            self.question, text, answerable, citations, self.passages, self.model,
-            self.timings, tokens, mode, self.query, dropped_sentences=dropped or [],
-            model_sentences=written,
+            question=self.question, text=text, answerable=mode != AnswerMode.DECLINED,
+            citations=ans.citations_for(text, evidence) if evidence else [], passages=self.passages,
+            model=self.model, timings=self.timings, tokens=tokens, mode=mode, search_query=self.query,
+            dropped_sentences=dropped or [], model_sentences=written,
         )

@@ -261,6 +261,7 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
     """
     from dataclasses import asdict
 
+    from ftchat.answering import gate
     from ftchat.api import Assistant
     from ftchat.tools import evaluation as ev
 
@@ -274,9 +275,9 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
     if calibrate:
         scores = ev.gate_scores(assistant, rows)
         report["gate"] = {
-            **ev.calibrate(scores),
+            **gate.calibrate(scores),
             "calibrated_on": [p.name for p in paths],
-            "cross_validated": ev.cross_validate(scores),
+            "cross_validated": gate.cross_validate(scores),
         }
         ev.write_calibration(report["gate"])
         assistant = Assistant(_settings(model=model))

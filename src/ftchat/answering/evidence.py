@@ -26,16 +26,12 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ftchat.answering.retrieval import Passage
 from ftchat.models.embedding import Embedder
 from ftchat.text import split_sentences, tokenize
-
-if TYPE_CHECKING:
-    from ftchat.answering.answer import Citation
 
 # Words a faithful paraphrase may add without adding a claim.
 GENERIC_WORDS = frozenset(
@@ -191,14 +187,6 @@ class EvidenceSet:
     def empty(cls) -> EvidenceSet:
         return cls([], np.zeros((0, 1), dtype=np.float32), set())
 
-    @classmethod
-    def from_citations(cls, citations: list[Citation], embedder: Embedder, question: str) -> EvidenceSet:
-        """Rebuild the evidence an answer cites, to re-check the answer independently."""
-        items = [Evidence(c.n, c.passage, q, 0.0) for c in citations for q in c.quotes]
-        if not items:
-            return cls.empty()
-        return cls(items, embedder.encode_remembered([e.sentence for e in items]), set(tokenize(question)))
-
     def vocabulary_for(self, n: int) -> set[str]:
         words = set(self.question_terms)
         for e in self.items:
@@ -332,6 +320,7 @@ def select_evidence(
     question: str,
     passages: list[Passage],
     embedder: Embedder,
+    *,
     query_vector: np.ndarray | None = None,
     term_weight: Callable[[str], float] | None = None,
     shown: Sequence[str] = (),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,18 +10,6 @@ from ftchat.config import Settings
 from ftchat.documents.chunking import Chunk
 from ftchat.index.store import Index
 from ftchat.models.embedding import Embedder
-from ftchat.text import tokenize
-
-# A name as people write one: "ALiBi", "GaLore", "KTO", or "Adafactor" in mid-sentence.
-_NAME = re.compile(r"(?<![\w-])[A-Z][A-Za-z0-9]+(?![\w-])")
-_SENTENCE_START = re.compile(r"(?:^|[.?!:]\s+)$")
-# Where a question names what it asks about: "What is X", "How does X ...", "Is the X ...",
-# "using X", "A vs X"; and "X vs B", "X (...)" after it.
-_ASKS_ABOUT = re.compile(
-    r"(?i)(?:\b(?:what(?:'s| is| are| does| do)|how (?:does|do|is|are|can)|explain|define|is|are|about"
-    r"|use|using|with|tried|try)|\bvs\.?|\bversus)\s+(?:the\s+|an?\s+)?$"
-)
-_BEFORE_MORE = re.compile(r"(?i)\s*(?:\(|(?:vs\.?|versus)\s)")
 
 
 class QuestionError(ValueError):
@@ -140,34 +127,3 @@ class Retriever:
             d: alpha * max(cosine, weight * float(asked[d])) + (1 - alpha) * float(keyword_scores[d]) * scale
             for d, cosine in dense_by_doc.items()
         }
-
-    def rare_terms(self, question: str) -> set[str]:
-        """Question words that occur in only a few chunks (names, acronyms), not stop words."""
-        postings = self.index.keyword.postings
-        limit = max(3, len(self.index) // 100)
-        return {
-            t for t in tokenize(question)
-            if len(t) >= 3 and not t.isdigit() and 0 < len(postings.get(t, ())) <= limit
-        }
-
-    def unknown_names(self, question: str) -> list[str]:
-        """Names the question asks about that occur nowhere in the index, not even as a word.
-
-        "What is DoRA?" asks about something the guide never mentions, however close
-        LoRA's section comes in meaning. Only a name in the place of the question's subject
-        counts: "Can my model work for Spanish users?" or "how much VRAM does it need?" is
-        still about the guide. On train/questions.jsonl this flags 38 of the 94 questions the
-        guide does not cover and none of the 1,671 it does (any unknown name: 64 and 7).
-        """
-        postings = self.index.keyword.postings
-        names = []
-        for match in _NAME.finditer(question):
-            word, before = match.group(), question[: match.start()]
-            plain = not any(c.isupper() or c.isdigit() for c in word[1:])
-            if plain and _SENTENCE_START.search(before):
-                continue  # a capital that only opens a sentence names nothing
-            subject = _ASKS_ABOUT.search(before) or _BEFORE_MORE.match(question[match.end():])
-            terms = tokenize(word)
-            if subject and terms and not any(t in postings for t in terms) and word not in names:
-                names.append(word)
-        return names

@@ -18,6 +18,7 @@ No model is needed to use it: feed it strings.
 from __future__ import annotations
 
 from ftchat.answering import answer as ans
+from ftchat.answering import verify
 from ftchat.answering.evidence import Evidence, EvidenceSet
 from ftchat.models.embedding import Embedder
 from ftchat.text import SENTENCE_END
@@ -68,7 +69,8 @@ class StreamCheck:
                 self._failed_in_a_row = 0
                 shown += [out] if out else []
         # The sentence still being written may already be sure to fail.
-        doomed = bool(self._buffer.strip()) and not self.evidence.can_still_pass(ans.claim_text(self._buffer))
+        claim = verify.claim_text(self._buffer)
+        doomed = bool(self._buffer.strip()) and not self.evidence.can_still_pass(claim)
         if self._failed_in_a_row + doomed >= GIVE_UP_AFTER:
             # The model has drifted from its evidence; what it writes next is dropped too,
             # so the caller should stop paying for it.
@@ -97,7 +99,7 @@ class StreamCheck:
         """The sentence as shown (with its [n]); None when it is unsupported or a repeat;
         "" when it restates the opening (not shown, but no sign of drifting: a model asked
         the question naturally starts with what the opening already says)."""
-        verdict = ans.verify_sentence(sentence, self.evidence, self.embedder)
+        verdict = verify.verify_sentence(sentence, self.evidence, self.embedder)
         normal = verdict.text.lower()
         restates = verdict.supported and verdict.item in self._shown_items
         if not verdict.supported or restates or any(normal == k.lower() for k in self._kept):

@@ -171,8 +171,8 @@ class Embedder:
         self._remembered: OrderedDict[str, np.ndarray] = OrderedDict()
         self._memory_lock = threading.Lock()
 
-    @property
-    def model(self) -> _DirectEncoder | _SentenceTransformersEncoder:
+    def load(self) -> _DirectEncoder | _SentenceTransformersEncoder:
+        """The encoder, loaded now if it is not yet (every other method calls this)."""
         with self._lock:
             if self._model is None:
                 with MODEL_LOADING:
@@ -181,12 +181,12 @@ class Embedder:
 
     @property
     def dimensions(self) -> int:
-        return self.model.dimensions
+        return self.load().dimensions
 
     def encode(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        vectors = self.model.encode(list(texts), batch_size=batch_size, progress=progress)
+        vectors = self.load().encode(list(texts), batch_size=batch_size, progress=progress)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def remember(self, vectors: dict[str, np.ndarray]) -> None:

@@ -77,7 +77,9 @@ class ChatApp:
         self.assistant = assistant
         self.settings = assistant.settings
         # Only the model changes: the dtype, threads and decoder stay this page's settings.
-        self.loader = ModelLoader(lambda name: Assistant(self.settings.with_overrides(model=name)).generator)
+        self.loader = ModelLoader(
+            lambda name: Assistant(self.settings.with_overrides(model=name)).load_generator()
+        )
         self._variants: dict[tuple[str, int], Assistant] = {}
         self._variants_lock = threading.Lock()
         self.indexing = False

@@ -17,8 +17,9 @@ from pathlib import Path
 from urllib.parse import quote as url_quote
 from urllib.parse import unquote as url_unquote
 
-from ftchat.answering.answer import CITATION_MARKERS, Answer
+from ftchat.answering.answer import Answer
 from ftchat.answering.retrieval import Passage, QuestionError
+from ftchat.answering.verify import CITATION_MARKERS
 from ftchat.documents.book import SectionNotFound
 
 GUIDE_LINK = "#guide="  # links that open a section in the Guide view (guideview.py)

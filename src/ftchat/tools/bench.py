@@ -179,14 +179,14 @@ def bench_decode(assistant, generator, repeats: int) -> dict:
 
     Prefill is timed to the first token (the whole prompt read, one token chosen); decoding
     is every token after it."""
-    from ftchat.answering import answer as ans
     from ftchat.answering.evidence import select_evidence
+    from ftchat.answering.prompt import build_messages
 
     question = ANSWER_QUESTIONS[0]
     passages = assistant.retriever.search(question)
     evidence = select_evidence(question, passages, assistant.retriever.embedder,
                                term_weight=assistant.index.keyword.idf)
-    prompt = generator.prompt_tokens(ans.build_messages(question, evidence))
+    prompt = generator.prompt_tokens(build_messages(question, evidence))
     prefill, decode = [], []
     for _ in range(repeats + 1):  # the first run is a warm-up
         if forget := getattr(generator.decoder, "forget_prompt", None):
@@ -225,13 +225,13 @@ def bench_agreement(assistant, generator, reference, questions: list[str]) -> di
     prompts: the reference writes each answer (greedy, up to DECODE_TOKENS), then both read
     prompt and answer at once and pick their most likely token at every answer position.
     Counting there, not on two free runs, keeps one early difference from counting twice."""
-    from ftchat.answering import answer as ans
+    from ftchat.answering.prompt import build_messages
 
     if not all(hasattr(d, "choices") for d in (generator.decoder, reference.decoder)):
         return {"agreement_prompts": 0, "agreement_with_float32": None}
     same = total = 0
     for question in questions:
-        prompt = reference.prompt_tokens(ans.build_messages(question, assistant.evidence(question)))
+        prompt = reference.prompt_tokens(build_messages(question, assistant.evidence(question)))
         written = list(reference.tokens(prompt, DECODE_TOKENS))
         if not written:
             continue

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftchat.answering import answer as ans
-from ftchat.answering.evidence import ABOUT_THE_GUIDE, LEANING_OPENER, NEAR_DUPLICATE, EvidenceSet
+from ftchat.answering import conversation, gate, verify
+from ftchat.answering.evidence import ABOUT_THE_GUIDE, LEANING_OPENER, NEAR_DUPLICATE
 from ftchat.answering.retrieval import Passage
 from ftchat.api import Assistant
 from ftchat.config import GATE_FILE, REPO_ROOT
@@ -109,7 +109,7 @@ def evaluate_retrieval(assistant: Assistant, rows: list[EvalRow], k: int = 5) ->
     first_hits: list[int | None] = []
     misses = []
     for row in scored:
-        passages = assistant.search(ans.condense(row.question, list(row.history)), k)
+        passages = assistant.search(conversation.condense(row.question, list(row.history)), k)
         rank = next((p.rank for p in passages if hits(p, row.expected_terms)), None)
         first_hits.append(rank)
         if rank is None:
@@ -128,81 +128,8 @@ def evaluate_retrieval(assistant: Assistant, rows: list[EvalRow], k: int = 5) ->
 
 
 def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> list[tuple[float, bool]]:
-    """The gate's input (best cosine similarity, 2.0 when a rare term decides, -1.0 when
-    an unknown name does) for each row, with whether the row is in scope."""
-    result = []
-    retriever = assistant.retriever
-    for row in rows:
-        query = ans.condense(row.question, list(row.history))
-        passages = assistant.search(query)
-        # A question naming a rare section term is covered whatever the threshold.
-        score = max(p.dense for p in passages)
-        if ans.is_covered(passages, 2.0, retriever.rare_terms(query)):
-            score = 2.0
-        if retriever.unknown_names(row.question):  # declined whatever the threshold
-            score = -1.0
-        result.append((score, row.answerable))
-    return result
-
-
-def calibrate(scores: list[tuple[float, bool]]) -> dict:
-    """The threshold that maximises the worse of in-scope and out-of-scope accuracy.
-
-    Among equally good thresholds, take the middle of the widest gap, so that a question
-    near the boundary is not decided by a hair.
-    """
-    inside = sorted(s for s, a in scores if a)
-    outside = sorted(s for s, a in scores if not a)
-    candidates = sorted({s for s, _ in scores if s <= 1.0})
-    best = None
-    for low, high in zip(candidates, candidates[1:] + [candidates[-1] + 0.02], strict=True):
-        t = (low + high) / 2
-        acc_in = sum(1 for s in inside if s >= t) / max(len(inside), 1)
-        acc_out = sum(1 for s in outside if s < t) / max(len(outside), 1)
-        key = (min(acc_in, acc_out), acc_in + acc_out, high - low)
-        if best is None or key > best[0]:
-            best = (key, t, acc_in, acc_out)
-    assert best is not None
-    _, threshold, acc_in, acc_out = best
-    return {
-        "threshold": round(threshold, 4),
-        "in_scope_accuracy": round(acc_in, 4),
-        "out_of_scope_accuracy": round(acc_out, 4),
-        "in_scope_questions": len(inside),
-        "out_of_scope_questions": len(outside),
-        "calibrated_at": time.strftime("%Y-%m-%d"),
-    }
-
-
-def cross_validate(scores: list[tuple[float, bool]], folds: int = 5) -> dict:
-    """Gate accuracy on questions the threshold was not calibrated on.
-
-    Row i goes to fold i % folds; each fold is scored with a threshold calibrated on the
-    others. The committed threshold is fitted on all rows, so its own accuracy is
-    optimistic: this is the figure to expect on new questions.
-    """
-    right_in = right_out = n_in = n_out = 0
-    thresholds = []
-    for fold in range(folds):
-        train = [row for i, row in enumerate(scores) if i % folds != fold]
-        test = [row for i, row in enumerate(scores) if i % folds == fold]
-        if not any(a for _, a in train) or all(a for _, a in train) or not test:
-            continue
-        threshold = calibrate(train)["threshold"]
-        thresholds.append(threshold)
-        for score, answerable in test:
-            if answerable:
-                n_in += 1
-                right_in += score >= threshold
-            else:
-                n_out += 1
-                right_out += score < threshold
-    return {
-        "folds": len(thresholds),
-        "in_scope_accuracy": round(right_in / max(n_in, 1), 4),
-        "out_of_scope_accuracy": round(right_out / max(n_out, 1), 4),
-        "thresholds": thresholds,
-    }
+    """The gate's score (gate.decide) for each row, with whether the row is in scope."""
+    return [(assistant.gate(row.question, list(row.history)).score, row.answerable) for row in rows]
 
 
 def write_calibration(result: dict, path: Path = GATE_FILE) -> None:
@@ -219,7 +146,7 @@ _LIST_ITEM = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s")
 
 def stated_nuggets(text: str, nuggets: tuple[tuple[str, ...], ...]) -> list[bool]:
     """For each nugget, whether the answer text states it (any alternative, any case)."""
-    haystack = ans.CITATION_MARKERS.sub("", text).lower()
+    haystack = verify.CITATION_MARKERS.sub("", text).lower()
     return [any(alt.lower() in haystack for alt in nugget) for nugget in nuggets]
 
 
@@ -235,7 +162,7 @@ def _follows_in_source(answer: ans.Answer, previous: str, sentence: str) -> bool
     if not cited or cited[:1] != ans.cited_numbers(previous)[:1]:
         return False
     source = _source_sentences(answer, cited[0])
-    here, before = ans.claim_text(sentence), ans.claim_text(previous)
+    here, before = verify.claim_text(sentence), verify.claim_text(previous)
     if here not in source:  # the model's own wording: its subject is the sentence before
         return True
     position = source.index(here)
@@ -249,7 +176,7 @@ def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> li
     sentences = split_sentences(answer.text)
     problems = []
     for i, sentence in enumerate(sentences):
-        claim = ans.claim_text(sentence)
+        claim = verify.claim_text(sentence)
         following = sentences[i + 1] if i + 1 < len(sentences) else ""
         if claim.endswith(":") and not _LIST_ITEM.match(following):
             problems.append((sentence, "a lead-in with nothing after it"))
@@ -278,7 +205,7 @@ def off_topic_sentences(answer: ans.Answer, sections: tuple[str, ...]) -> list[s
 
 
 def answer_words(answer: ans.Answer) -> int:
-    return len(ans.CITATION_MARKERS.sub("", answer.text).split())
+    return len(verify.CITATION_MARKERS.sub("", answer.text).split())
 
 
 @dataclass
@@ -402,10 +329,10 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
             valid += 1
         else:
             failures.append({"question": row.question, "problem": "citation", "answer": answer.text})
-        evidence = EvidenceSet.from_citations(answer.citations, embedder, answer.search_query)
+        evidence = answer.cited_evidence(embedder)
         for sentence in split_sentences(answer.text):
             sentences += 1
-            supported += ans.verify_sentence(sentence, evidence, embedder).supported
+            supported += verify.verify_sentence(sentence, evidence, embedder).supported
         kept += answer.model_sentences
         written += answer.model_sentences + len(answer.dropped_sentences)
     n_in = sum(1 for r in rows if r.answerable)
@@ -439,9 +366,9 @@ def ask_in_conversation(assistant: Assistant, row: EvalRow) -> tuple[ans.Answer,
 def repeated_sentences(text: str, earlier: list[str], embedder: Embedder) -> int:
     """Sentences of `text` the earlier answers already said: quoted again, or as close in
     meaning as two definitions of one term."""
-    answered = [t for t in earlier if not t.startswith(ans.NOT_COVERED)]
-    said = [ans.claim_text(s) for t in answered for s in split_sentences(t)]
-    claims = [ans.claim_text(s) for s in split_sentences(text)]
+    answered = [t for t in earlier if not t.startswith(gate.NOT_COVERED)]
+    said = [verify.claim_text(s) for t in answered for s in split_sentences(t)]
+    claims = [verify.claim_text(s) for s in split_sentences(text)]
     if not said or not claims:
         return 0
     close = (embedder.encode(claims) @ embedder.encode(said).T).max(axis=1)
