@@ -38,6 +38,7 @@ test-fast: setup-dev
 
 lint: setup-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 index: setup
 	$(BIN)/ftchat index
