@@ -1,4 +1,4 @@
-"""int4 weights (llama.py): the bundled GGUF's 4-bit groups, computed by torch's int4 kernel.
+"""int4 weights (models/quant.py, llama.py): the bundled GGUF's 4-bit groups on torch's int4 kernel.
 
 What most laptops (AVX2, no native bf16) decode with by default. Checked here: the groups
 come back exactly from the float32 weights, the decoder agrees with float32 where it can
@@ -18,11 +18,12 @@ import pytest
 import torch
 from test_llama import reference_greedy, tiny_llama
 
-from ftchat.models import llama
+from ftchat.models import quant
 from ftchat.models.decoders import build_llama
-from ftchat.models.llama import GROUP, EightBitRows, LlamaDecoder, dequantize_groups, quantize_groups
+from ftchat.models.llama import LlamaDecoder
+from ftchat.models.quant import GROUP, EightBitRows, dequantize_groups, quantize_groups
 
-pytestmark = pytest.mark.skipif(not llama.int4_available(), reason="this torch has no int4 CPU kernel")
+pytestmark = pytest.mark.skipif(not quant.int4_available(), reason="this torch has no int4 CPU kernel")
 
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
@@ -103,7 +104,7 @@ def test_int4_decoder_computes_what_float32_computes_on_the_same_weights() -> No
 
 def test_int4_falls_back_to_float32_with_a_warning_where_it_cannot_run(monkeypatch, caplog) -> None:
     model, state = four_bit_llama()
-    monkeypatch.setattr(llama, "_int4_kernel", lambda: None)  # a torch without the kernel
+    monkeypatch.setattr(quant, "int4_kernel", lambda: None)  # a torch without the kernel
     with caplog.at_level(logging.WARNING):
         decoder = build_llama(model.config.to_dict(), state, "int4")
     assert decoder.weights_dtype == "float32" and "int4 does not apply" in caplog.text
@@ -116,14 +117,14 @@ def test_weights_off_the_4_bit_grid_stay_float32(caplog) -> None:
     model, state = four_bit_llama()
     name = "model.layers.1.mlp.down_proj.weight"
     state = {**state, name: state[name] + 1e-3 * torch.randn(state[name].shape)}  # the update
-    with pytest.raises(llama.OffGrid, match="off their 4-bit groups"):
+    with pytest.raises(quant.OffGrid, match="off their 4-bit groups"):
         LlamaDecoder(model.config.to_dict(), state, torch.float32, int4=True)
     with caplog.at_level(logging.WARNING):
         decoder = build_llama(model.config.to_dict(), state, "int4")
     assert decoder.weights_dtype == "float32" and "off their 4-bit groups" in caplog.text
     table = state["model.embed_tokens.weight"]
-    with pytest.raises(llama.OffGrid, match="8-bit groups"):
-        llama.EightBitRows(table + 1e-4 * torch.randn(table.shape))
+    with pytest.raises(quant.OffGrid, match="8-bit groups"):
+        quant.EightBitRows(table + 1e-4 * torch.randn(table.shape))
 
 
 def test_a_prompt_that_opens_like_the_last_one_reads_only_what_follows(monkeypatch) -> None:
@@ -146,7 +147,7 @@ def test_a_prompt_that_opens_like_the_last_one_reads_only_what_follows(monkeypat
 
 
 def resolved_dtype(env: dict) -> str:
-    code = "from ftchat.config import resolve_dtype; print(resolve_dtype('auto'))"
+    code = "from ftchat.models.cpu import resolve_dtype; print(resolve_dtype('auto'))"
     clean = {k: v for k, v in os.environ.items() if k not in AVX2_ONLY and not k.startswith("FTCHAT_")}
     result = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
                             text=True, timeout=120)

@@ -70,7 +70,7 @@ def bf16_native() -> bool:
 
 def int4_kernels() -> bool:
     """True where torch's int4 weight-only kernel runs here and agrees with F.linear."""
-    from ftchat.models.llama import int4_available
+    from ftchat.models.quant import int4_available
 
     return int4_available()
 
@@ -102,7 +102,7 @@ def resolve_dtype(value: str) -> str:
     decoding. Without native bf16 (most laptops: AVX2 only) oneDNN emulates bfloat16
     products: on an emulated AVX2 CPU it read prompts at 126 tok/s against float32's 485
     (decoding 33.5 against 21.5 tok/s). There the blocks' weights stay in the bundled GGUF's
-    own 4-bit groups instead (int4: llama.py), an eighth of float32's bytes per token, with
+    own 4-bit groups instead (int4: quant.py), an eighth of float32's bytes per token, with
     float32 between the products: 42-50 tok/s (README, "Speed", has the figures). int8 (dynamic
     quantization) agreed with float32's next token only 64% of the time on answer prompts
     and visibly hurt the text, so it stays opt-in.

@@ -4,7 +4,7 @@ transformers' generate() for every other model.
 Llama-architecture models (the default among them) decode with llama.py, about twice as
 fast as generate() here with the same tokens; int8 (dynamic quantization) exists only for
 transformers models, so it always decodes with generate(), and int4 (4-bit weight groups,
-torch's int4 kernel) only in llama.py.
+torch's int4 kernel, quant.py) only in llama.py.
 """
 
 from __future__ import annotations
