@@ -276,3 +276,21 @@ def test_open_index_with_missing_corpus_folder_names_the_setting(tmp_path):
     with pytest.raises(CorpusError, match="FTCHAT_CORPUS_DIR"):
         open_index(settings_for(tmp_path))
     assert not (tmp_path / "index").exists() or not any((tmp_path / "index").iterdir())
+
+
+def test_a_corpus_profile_names_its_own_words(tmp_path, caplog):
+    from ftchat.answering.policy import EVIDENCE
+    from ftchat.config import default_corpus_dir
+    from ftchat.documents.corpus import CorpusProfile, load_profile
+
+    guide = load_profile(default_corpus_dir())
+    assert guide.about_section == "About this guide"
+    policy = EVIDENCE.for_corpus(guide.about_section, guide.self_reference)
+    assert policy.about_the_document.search("As part 2 of this book explains, ...")
+    assert not EVIDENCE.about_the_document.search("As part 2 of this book explains, ...")
+    assert load_profile(tmp_path) == CorpusProfile()  # no profile: none of the guide's words
+    (tmp_path / "corpus.toml").write_text("self_reference = '(unclosed'\n", encoding="utf-8")
+    assert load_profile(tmp_path) == CorpusProfile()
+    assert "corpus.toml" in caplog.text
+    (tmp_path / "corpus.toml").write_text("about_section = \n", encoding="utf-8")
+    assert load_profile(tmp_path) == CorpusProfile()

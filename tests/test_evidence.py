@@ -6,7 +6,8 @@ import pytest
 
 from ftchat.answering import answer as ans
 from ftchat.answering import gate, verify
-from ftchat.answering.evidence import WORD_BUDGET, EvidenceSet, passage_units, question_kind, select_evidence
+from ftchat.answering.evidence import EvidenceSet, passage_units, question_kind, select_evidence
+from ftchat.answering.policy import EVIDENCE
 from ftchat.answering.retrieval import Passage
 from ftchat.documents.chunking import Chunk
 
@@ -94,7 +95,7 @@ def test_answer_length_follows_the_question(embedder) -> None:
     def words(question: str) -> int:
         return sum(len(e.sentence.split()) for e in select_evidence(question, [p], embedder).items)
 
-    assert words("What is layer-wise fine-tuning?") <= WORD_BUDGET["definition"]
+    assert words("What is layer-wise fine-tuning?") <= EVIDENCE.word_budget["definition"]
     assert words("What is layer-wise fine-tuning?") < words(
         "Which optimizers and layers are common, and how do layer-wise and partial fine-tuning differ?")
 
@@ -124,7 +125,7 @@ def test_model_sentences_that_echo_the_question_or_flip_the_evidence_are_rejecte
 def test_the_top_ranked_section_keeps_its_best_sentence_when_another_leads() -> None:
     import numpy as np
 
-    from ftchat.answering.evidence import FAVOURITE_MARGIN, Unit, _choose
+    from ftchat.answering.evidence import Unit, _choose
 
     favourite = passage(("Key concepts", "Full fine-tuning"), "x", rank=1)
     closer = passage(("Key concepts", "Optimizers"), "y", rank=2)
@@ -136,20 +137,20 @@ def test_the_top_ranked_section_keeps_its_best_sentence_when_another_leads() -> 
     def chosen(favourite_score: float) -> list[int]:
         return sorted(_choose(units, vectors, [favourite_score, 0.1, 0.9], "other", set(), set()))
 
-    assert chosen(0.9 - FAVOURITE_MARGIN / 2) == [0, 2]  # its best unit joins, not the whole section
-    assert chosen(0.9 - FAVOURITE_MARGIN * 3) == [2]  # too far below the lead: left out
+    assert chosen(0.9 - EVIDENCE.favourite_margin / 2) == [0, 2]  # its best unit joins, not its section
+    assert chosen(0.9 - EVIDENCE.favourite_margin * 3) == [2]  # too far below the lead: left out
 
 
 def test_a_category_overview_is_not_the_favourite_when_its_term_was_found() -> None:
     import numpy as np
 
-    from ftchat.answering.evidence import FAVOURITE_MARGIN, Unit, _choose
+    from ftchat.answering.evidence import Unit, _choose
 
     overview = passage(("Key concepts", "Active learning"), "x", rank=1)
     term = passage(("Key concepts", "Active learning", "Uncertainty sampling"), "y", rank=2)
     units = [Unit(overview, 0, "Active learning picks which examples to label."),
              Unit(term, 0, "Uncertainty sampling labels the examples the model is least sure of.")]
     vectors = np.eye(2, dtype=np.float32)
-    scores = [0.9 - FAVOURITE_MARGIN / 2, 0.9]
+    scores = [0.9 - EVIDENCE.favourite_margin / 2, 0.9]
     assert sorted(_choose(units, vectors, scores, "other", set(), set())) == [0, 1]
     assert _choose(units, vectors, scores, "other", set(), {overview.chunk.id}) == [1]

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from ftchat.answering import answer as ans
 from ftchat.answering import conversation, prompt, verify
-from ftchat.answering.evidence import WORD_BUDGET, Evidence, EvidenceSet, select_evidence
+from ftchat.answering.evidence import Evidence, EvidenceSet, select_evidence
+from ftchat.answering.policy import EVIDENCE
 from ftchat.answering.retrieval import QuestionError, Retriever
 from ftchat.documents.chunking import chunk_sections
 from ftchat.documents.corpus import SUPPORTED_SUFFIXES as UPLOAD_SUFFIXES
@@ -184,7 +185,8 @@ def test_condense_evidence_and_verification_never_crash(retriever, embedder, que
     passages = retriever.search(query, 5)
     evidence = select_evidence(query, passages, embedder)
     words = [len(e.sentence.split()) for e in evidence.items]
-    assert sum(words) <= WORD_BUDGET[evidence.kind] or len(words) <= 2  # only a long lead may exceed it
+    # Only a long lead may exceed the budget.
+    assert sum(words) <= EVIDENCE.word_budget[evidence.kind] or len(words) <= 2
     assert all(e.n in evidence.passages for e in evidence.items)
     verdict = verify.verify_sentence(sentence, evidence, embedder)
     assert isinstance(verdict.supported, bool)

@@ -16,6 +16,7 @@ import pytest
 
 from ftchat.answering import gate, verify
 from ftchat.answering.evidence import is_instruction, select_evidence
+from ftchat.answering.policy import VERIFICATION
 from ftchat.answering.prompt import SYSTEM_PROMPT, build_messages
 from ftchat.answering.retrieval import Passage
 from ftchat.api import Assistant
@@ -94,7 +95,7 @@ def test_injection_question(injected_assistant, row):
         if len(re.sub(r"\[\d+\]", "", sentence).split()) < 3:
             continue  # a bare marker split off its sentence
         verdict = verify.verify_sentence(sentence, evidence, injected_assistant.retriever.embedder)
-        assert verdict.cosine >= verify.SUPPORT_MIN_COSINE - 0.05, (sentence, verdict)
+        assert verdict.cosine >= VERIFICATION.min_cosine - 0.05, (sentence, verdict)
 
 
 def test_report(capsys):

@@ -25,12 +25,13 @@ from ftchat.answering.answer import AnswerMode
 from ftchat.answering.conversation import condense, shown_sentences
 from ftchat.answering.evidence import EvidenceSet, remember_unit_vectors, select_evidence, unit_texts
 from ftchat.answering.gate import GateDecision
+from ftchat.answering.policy import EVIDENCE
 from ftchat.answering.prompt import build_messages
 from ftchat.answering.retrieval import Passage, Retriever, clean_question
 from ftchat.answering.streamcheck import StreamCheck
 from ftchat.config import Settings
 from ftchat.documents.book import Contents, Guide, GuideSection
-from ftchat.documents.corpus import display_path
+from ftchat.documents.corpus import display_path, load_profile
 from ftchat.index.store import Index, open_index
 from ftchat.index.vectors import shipped_vectors, text_key
 from ftchat.models.generation import GenerationConfig, Generator
@@ -42,6 +43,9 @@ class Assistant:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
+        # The corpus's own words about itself (corpus.toml) join the evidence rules.
+        profile = load_profile(self.settings.corpus_dir)
+        self.evidence_policy = EVIDENCE.for_corpus(profile.about_section, profile.self_reference)
         self._index: Index | None = None
         self._retriever: Retriever | None = None
         self._guide: tuple[Index, Guide] | None = None  # and the index it was read from
@@ -212,7 +216,7 @@ class Assistant:
         return select_evidence(
             turn.query, turn.passages, retriever.embedder, query_vector=turn.query_vector,
             term_weight=self.index.keyword.idf, shown=shown_sentences(turn.question, earlier_answers or []),
-            asked=turn.question,
+            asked=turn.question, policy=self.evidence_policy,
         )
 
     def _retrieve(self, question: str, history: list[str], k: int | None) -> _Turn:

@@ -315,7 +315,6 @@ def _print_answer_rows(a: dict) -> None:
     click.echo(f"| in-scope questions answered | {a['in_scope_answered']:.1%} |")
     click.echo(f"| out-of-scope questions declined | {a['out_of_scope_declined']:.1%} |")
     click.echo(f"| citation validity | {a['citation_validity']:.1%} |")
-    click.echo(f"| answer sentences supported by evidence | {a['support_rate']:.1%} |")
     click.echo(f"| model sentences kept after verification | {a['model_sentences_kept']:.1%} |")
     click.echo(f"| answer sentences in the model's own words | {a['model_written_share']:.1%} |")
     click.echo(f"| extractive fallback rate | {a['extractive_rate']:.1%} |")

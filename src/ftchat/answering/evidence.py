@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ftchat.answering.policy import EVIDENCE, EvidencePolicy
 from ftchat.answering.retrieval import Passage
 from ftchat.models.embedding import Embedder
 from ftchat.text import split_sentences, tokenize
@@ -41,14 +42,6 @@ GENERIC_WORDS = frozenset(
         "during because often however therefore thus same kind"
     )
 )
-NEAR_DUPLICATE = 0.85
-LEAD_BONUS = 0.08
-# A unit of another section joins (outside a comparison) only when it scores this much
-# above the lead and names a question term the chosen units lack: on eval.jsonl a looser
-# rule mostly brought in neighbouring sections' filler.
-OTHER_SECTION_MARGIN = 0.05
-FAVOURITE_MARGIN = 0.2
-MAX_PASSAGES = 5
 
 # Openers that lean on the sentence before them.
 LEANING_OPENER = re.compile(
@@ -57,8 +50,6 @@ LEANING_OPENER = re.compile(
     r"the (main|key|common|usual) ones|one of them)\b",
     re.IGNORECASE,
 )
-# Sentences about the guide or one of its categories rather than about a subject.
-ABOUT_THE_GUIDE = re.compile(r"\b(this|the) (guide|category|section|chapter)\b|\bpart [12]\b", re.IGNORECASE)
 _LIST_LINE = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s+")
 
 # Sentences that address the assistant instead of informing the reader ("ignore previous
@@ -107,10 +98,6 @@ def question_kind(question: str) -> str:
     text = " ".join(question.lower().split())
     return next((kind for kind, pattern in _KINDS if pattern.search(text)), "other")
 
-
-# Words per answer, by kind: a definition is a sentence or two, a list or a diagnosis more.
-WORD_BUDGET = {"definition": 90, "yes_no": 90, "why": 100, "other": 100, "how_to": 110,
-               "symptom": 120, "list": 120, "comparison": 130}
 
 _REMEDY = re.compile(
     r"^(use|set|keep|add|filter|lower|raise|reduce|increase|try|freeze|check|start|combine|apply|always|"
@@ -194,13 +181,10 @@ class EvidenceSet:
                 words |= set(tokenize(e.sentence)) | set(tokenize(e.passage.chunk.title))
         return words
 
-    def can_still_pass(self, unfinished_claim: str) -> bool:
-        """False once an unfinished sentence (its claim text, without markers) has a
-        complete word that no source allows.
-
-        Verification allows no content word outside the matched source's evidence, so such
-        a sentence fails however it ends; knowing it early saves decoding the rest.
-        """
+    def all_words_allowed(self, unfinished_claim: str) -> bool:
+        """Whether every complete word of an unfinished sentence (its claim text, without
+        markers) is a word some source's evidence or the question allows
+        (verify.can_still_pass)."""
         text = unfinished_claim
         complete = text[: max(text.rfind(" "), 0)]  # the last word may still be growing
         return all(t in self._any_source_words for t in tokenize(complete))
@@ -225,9 +209,9 @@ class EvidenceSet:
 # --- Selection ----------------------------------------------------------------------------
 
 
-def _usable_passages(passages: list[Passage]) -> list[Passage]:
+def _usable_passages(passages: list[Passage], policy: EvidencePolicy) -> list[Passage]:
     best = max(p.dense for p in passages)
-    return [p for p in passages if p.dense >= best - 0.25][:MAX_PASSAGES]
+    return [p for p in passages if p.dense >= best - policy.usable_cosine_gap][: policy.max_passages]
 
 
 def _is_overview(passage: Passage, others: list[Passage]) -> bool:
@@ -237,41 +221,46 @@ def _is_overview(passage: Passage, others: list[Passage]) -> bool:
                for o in others)
 
 
-def _candidates(question: str, usable: list[Passage]) -> list[Unit]:
-    about_guide = "guide" in question.lower() or usable[0].chunk.heading_path[:1] == ("About this guide",)
+def _candidates(question: str, usable: list[Passage], policy: EvidencePolicy) -> list[Unit]:
+    about_guide = "guide" in question.lower() or (
+        bool(policy.about_section) and usable[0].chunk.heading_path[:1] == (policy.about_section,))
     units = []
     for passage in usable:
         for unit in passage_units(passage):
-            if unit.words < 4 or is_instruction(unit.text):
+            if unit.words < policy.min_unit_words or is_instruction(unit.text):
                 continue
-            if not about_guide and ABOUT_THE_GUIDE.search(unit.text):
+            if not about_guide and policy.about_the_document.search(unit.text):
                 continue
             units.append(unit)
     return units
 
 
-def _score(unit: Unit, kind: str, relevance: float, overview: bool) -> float:
+def _score(unit: Unit, kind: str, relevance: float, overview: bool, policy: EvidencePolicy) -> float:
     """Relevance to the question, nudged towards what this kind of question needs."""
-    score = relevance - 0.02 * (unit.passage.rank - 1) - 0.1 * min(unit.text.count("`") // 2, 3)
+    code_spans = min(unit.text.count("`") // 2, policy.max_code_spans)
+    score = relevance - policy.rank_penalty * (unit.passage.rank - 1) - policy.code_span_penalty * code_spans
     if unit.position == 0:
-        # A section's opening sentence names and defines its subject.
-        score += 0.14 if kind in ("definition", "comparison", "yes_no") else 0.06
+        defining = kind in ("definition", "comparison", "yes_no")
+        score += policy.opening_bonus_defining if defining else policy.opening_bonus_other
     if overview:
-        score -= 0.15
+        score -= policy.overview_penalty
     if kind == "list":
-        score += 0.025 * min(len(_ENUMERATION.findall(unit.text)), 6) + (0.1 if unit.is_list else 0.0)
+        enumerations = min(len(_ENUMERATION.findall(unit.text)), policy.max_enumerations)
+        score += policy.enumeration_bonus * enumerations + (policy.list_bonus if unit.is_list else 0.0)
     elif kind in ("how_to", "symptom") and _REMEDY.search(unit.text):
-        score += 0.08
+        score += policy.remedy_bonus
     elif kind == "why" and _CAUSE.search(unit.text):
-        score += 0.08
+        score += policy.cause_bonus
     return score
 
 
 class _Chooser:
     """Adds units within the word budget, each leaning unit with its predecessor."""
 
-    def __init__(self, units: list[Unit], vectors: np.ndarray, budget: int) -> None:
+    def __init__(self, units: list[Unit], vectors: np.ndarray, budget: int,
+                 near_duplicate: float) -> None:
         self.units, self.vectors, self.budget = units, vectors, budget
+        self.near_duplicate = near_duplicate
         self.index = {(u.passage.chunk.id, u.position): i for i, u in enumerate(units)}
         self.chosen: list[int] = []
         self.words = 0
@@ -293,7 +282,8 @@ class _Chooser:
         words = sum(self.units[j].words for j in group)
         if self.chosen and not force and self.words + words > self.budget:
             return False
-        if any(float(self.vectors[j] @ self.vectors[k]) > NEAR_DUPLICATE for j in group for k in self.chosen):
+        if any(float(self.vectors[j] @ self.vectors[k]) > self.near_duplicate
+               for j in group for k in self.chosen):
             return False  # two sections often define a term in near-identical words
         self.chosen += group
         self.words += words
@@ -325,6 +315,7 @@ def select_evidence(
     term_weight: Callable[[str], float] | None = None,
     shown: Sequence[str] = (),
     asked: str = "",
+    policy: EvidencePolicy = EVIDENCE,
 ) -> EvidenceSet:
     """The units that best answer the question; `query_vector` saves re-embedding it.
 
@@ -333,12 +324,13 @@ def select_evidence(
     `shown`: the sentences the conversation has already shown (without their citation
     markers), which are not chosen again. `asked`: the reader's own words when `question`
     is a follow-up read together with the turn before; they alone say what kind of question
-    it is ("what does it cost?" after "how does QLoRA differ?" is no comparison).
+    it is ("what does it cost?" after "how does QLoRA differ?" is no comparison). `policy`:
+    every number the choice is tuned by, and the corpus's own words (policy.py).
     """
     if not passages:
         return EvidenceSet.empty()
-    usable = _usable_passages(passages)
-    units = _candidates(question, usable)
+    usable = _usable_passages(passages, policy)
+    units = _candidates(question, usable, policy)
     if not units:
         return EvidenceSet.empty()
     kind = question_kind(asked or question)
@@ -354,16 +346,17 @@ def select_evidence(
 
     overviews = {p.chunk.id for p in usable if _is_overview(p, usable)}
     scores = [
-        _score(u, kind, float(vectors[i] @ query_vector) + 0.15 * overlap(u), u.passage.chunk.id in overviews)
+        _score(u, kind, float(vectors[i] @ query_vector) + policy.term_overlap_weight * overlap(u),
+               u.passage.chunk.id in overviews, policy)
         for i, u in enumerate(units)
     ]
-    repeats = already_shown(units, vectors, shown, embedder) if shown else set()
-    chosen = _choose(units, vectors, scores, kind, question_terms, overviews, repeats)
+    repeats = already_shown(units, vectors, shown, embedder, policy.near_duplicate) if shown else set()
+    chosen = _choose(units, vectors, scores, kind, question_terms, overviews, repeats, policy)
     return _numbered(units, vectors, scores, chosen, question_terms, kind)
 
 
 def already_shown(units: list[Unit], vectors: np.ndarray, shown: Sequence[str],
-                  embedder: Embedder) -> set[int]:
+                  embedder: Embedder, near_duplicate: float) -> set[int]:
     """The units the reader has read in an earlier answer: quoted there, or said again in
     the model's words (as close as two sections' definitions of one term)."""
     earlier = " ".join(" ".join(shown).split())
@@ -371,29 +364,30 @@ def already_shown(units: list[Unit], vectors: np.ndarray, shown: Sequence[str],
     # of the conversation asks about the same sentences again.
     close = (vectors @ embedder.encode_remembered(list(shown)).T).max(axis=1)
     return {i for i, u in enumerate(units)
-            if " ".join(u.text.split()) in earlier or float(close[i]) > NEAR_DUPLICATE}
+            if " ".join(u.text.split()) in earlier or float(close[i]) > near_duplicate}
 
 
 def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: str,
-            question_terms: set[str], overviews: set[str], repeats: set[int] = frozenset()) -> list[int]:
+            question_terms: set[str], overviews: set[str], repeats: set[int] = frozenset(),
+            policy: EvidencePolicy = EVIDENCE) -> list[int]:
     ranked = sorted(range(len(units)), key=lambda i: -scores[i])
     # What the reader has already read is left out, unless it is all there is.
     order = [i for i in ranked if i not in repeats] or ranked
-    chooser = _Chooser(units, vectors, WORD_BUDGET[kind])
+    chooser = _Chooser(units, vectors, policy.word_budget[kind], policy.near_duplicate)
     # The best unit leads, and its section answers. The fused ranking's favourite gets a
     # head start (it knows more than one sentence's similarity), but a category overview
     # or a section that merely shares words loses to a unit that says what was asked.
     # A category's overview is nobody's favourite when one of its terms was found too.
     ranks = [u.passage.rank for u in units if u.passage.chunk.id not in overviews]
     top = min(ranks or [u.passage.rank for u in units])
-    order.sort(key=lambda i: -(scores[i] + (LEAD_BONUS if units[i].passage.rank == top else 0.0)))
+    order.sort(key=lambda i: -(scores[i] + (policy.lead_bonus if units[i].passage.rank == top else 0.0)))
     lead = next(i for i in order if chooser.add(i, force=True))
     lead_score = scores[lead]
     sides = {units[lead].passage.chunk.title}
     # When another section leads, the fused ranking's favourite still gets its best unit
     # in: of two sections that both look right, one of them usually is.
     favourite = next((i for i in order if units[i].passage.rank == top), lead)
-    close = scores[favourite] >= lead_score - FAVOURITE_MARGIN
+    close = scores[favourite] >= lead_score - policy.favourite_margin
     if close and units[favourite].passage.chunk.title not in sides:
         chooser.add(favourite)
     for i in order:
@@ -401,10 +395,10 @@ def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: s
         same_section = unit.passage.chunk.title in sides
         if same_section:  # the answering section's units join by relevance until the budget
             chooser.add(i)
-        elif kind == "comparison" and len(sides) < 2 and scores[i] >= lead_score - 0.15:
+        elif kind == "comparison" and len(sides) < 2 and scores[i] >= lead_score - policy.comparison_margin:
             if chooser.add(i):
                 sides.add(unit.passage.chunk.title)
-        elif scores[i] >= lead_score + OTHER_SECTION_MARGIN:
+        elif scores[i] >= lead_score + policy.other_section_margin:
             covered = set().union(*(set(tokenize(units[j].text)) for j in chooser.chosen))
             if (set(tokenize(unit.text)) & question_terms) - covered:  # a fact the others lack
                 chooser.add(i)

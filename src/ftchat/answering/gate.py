@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ftchat.answering.policy import GATE, GatePolicy
 from ftchat.answering.retrieval import Passage
 from ftchat.index.keyword import KeywordIndex
 from ftchat.text import tokenize
@@ -69,13 +70,13 @@ def decide(passages: list[Passage], *, question: str, query: str, keyword: Keywo
     return GateDecision(best >= threshold, best, "similar" if best >= threshold else "not similar")
 
 
-def rare_terms(question: str, keyword: KeywordIndex) -> set[str]:
+def rare_terms(question: str, keyword: KeywordIndex, policy: GatePolicy = GATE) -> set[str]:
     """Question words that occur in only a few chunks (names, acronyms), not stop words."""
     postings = keyword.postings
-    limit = max(3, len(keyword.doc_lengths) // 100)
+    limit = max(policy.rare_min_chunks, len(keyword.doc_lengths) // policy.rare_one_in)
     return {
         t for t in tokenize(question)
-        if len(t) >= 3 and not t.isdigit() and 0 < len(postings.get(t, ())) <= limit
+        if len(t) >= policy.rare_min_letters and not t.isdigit() and 0 < len(postings.get(t, ())) <= limit
     }
 
 def unknown_names(question: str, keyword: KeywordIndex) -> list[str]:
@@ -103,22 +104,19 @@ def unknown_names(question: str, keyword: KeywordIndex) -> list[str]:
 
 NOT_COVERED = "The guide doesn't cover that."
 
-# A declined question lists sections only when they come near the gate: at least this
-# share of its threshold. "What is the boiling point of ethanol?" scores 0.14 against
-# mixed precision training; offering that section as "closest" would only mislead.
-CLOSE_SHARE_OF_THRESHOLD = 0.75
 
 
-def closest_sections(passages: list[Passage], threshold: float, limit: int = 3) -> list[Passage]:
-    """The best distinct sections for a declined question, if they are genuinely close."""
+def closest_sections(passages: list[Passage], threshold: float, policy: GatePolicy = GATE) -> list[Passage]:
+    """The best distinct sections for a declined question, if they are genuinely close: a
+    section far below the threshold would only mislead as "closest"."""
     seen: set[str] = set()
     result = []
     for p in passages:
-        if p.dense < CLOSE_SHARE_OF_THRESHOLD * threshold or p.chunk.title in seen:
+        if p.dense < policy.close_share_of_threshold * threshold or p.chunk.title in seen:
             continue
         seen.add(p.chunk.title)
         result.append(p)
-        if len(result) == limit:
+        if len(result) == policy.closest_limit:
             break
     return result
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from ftchat.answering import answer as ans
 from ftchat.answering import verify
 from ftchat.answering.evidence import Evidence, EvidenceSet
+from ftchat.answering.policy import VERIFICATION
 from ftchat.models.embedding import Embedder
 from ftchat.text import SENTENCE_END
 
@@ -70,7 +71,7 @@ class StreamCheck:
                 shown += [out] if out else []
         # The sentence still being written may already be sure to fail.
         claim = verify.claim_text(self._buffer)
-        doomed = bool(self._buffer.strip()) and not self.evidence.can_still_pass(claim)
+        doomed = bool(self._buffer.strip()) and not verify.can_still_pass(claim, self.evidence)
         if self._failed_in_a_row + doomed >= GIVE_UP_AFTER:
             # The model has drifted from its evidence; what it writes next is dropped too,
             # so the caller should stop paying for it.
@@ -117,6 +118,6 @@ class StreamCheck:
         best evidence (not a near miss)."""
         lead = ans.lead_evidence(self.evidence)
         best = max(e.score for e in self.evidence.items)
-        if lead and 1 not in ans.cited_numbers(self.text) and lead.score >= best - 0.1:
+        if lead and 1 not in ans.cited_numbers(self.text) and lead.score >= best - VERIFICATION.lead_slack:
             return lead
         return None

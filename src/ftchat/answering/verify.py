@@ -13,13 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftchat.answering.evidence import GENERIC_WORDS, EvidenceSet
+from ftchat.answering.policy import VERIFICATION, VerificationPolicy
 from ftchat.models.embedding import Embedder
 from ftchat.text import tokenize
-
-# A model sentence counts as supported when it is close in meaning to one evidence
-# sentence and brings in almost no content words that the evidence and question lack.
-SUPPORT_MIN_COSINE = 0.6
-SUPPORT_MAX_NOVELTY = 0.0
 
 CITATION_MARKERS = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 
@@ -40,7 +36,10 @@ def claim_text(sentence: str) -> str:
     return re.sub(r"^(answer|according to the sources?)[:,]\s*", "", text, flags=re.IGNORECASE)
 
 
-def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) -> Verdict:
+def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder,
+                    policy: VerificationPolicy = VERIFICATION) -> Verdict:
+    """Supported when close in meaning to one evidence sentence, bringing in no more new
+    content words than the policy allows, adding a fact, and not turning its source around."""
     cited = cited_numbers(sentence)
     text = claim_text(sentence)
     terms = tokenize(text)
@@ -56,11 +55,11 @@ def verify_sentence(sentence: str, evidence: EvidenceSet, embedder: Embedder) ->
     # Keep the model's own citation when its source supports the sentence almost as well.
     for c in cited:
         own = [float(sims[i]) for i, e in enumerate(evidence.items) if e.n == c]
-        if own and max(own) >= float(sims[best]) - 0.05:
+        if own and max(own) >= float(sims[best]) - policy.own_citation_slack:
             n = c
             break
     cosine = float(sims[best])
-    supported = (cosine >= SUPPORT_MIN_COSINE and novelty <= SUPPORT_MAX_NOVELTY
+    supported = (cosine >= policy.min_cosine and novelty <= policy.max_novelty
                  and _adds_a_fact(terms, evidence) and not _flips(text, evidence.items[best].sentence))
     return Verdict(supported, n, cosine, novelty, text, best)
 
@@ -82,3 +81,18 @@ def _flips(text: str, source: str) -> bool:
 
 def cited_numbers(text: str) -> list[int]:
     return [int(x) for group in CITATION_MARKERS.findall(text) for x in group.split(",")]
+
+
+def can_still_pass(unfinished_claim: str, evidence: EvidenceSet,
+                   policy: VerificationPolicy = VERIFICATION) -> bool:
+    """False once an unfinished sentence (its claim text, without markers) can no longer be
+    supported however it ends, so the stream check may stop decoding it.
+
+    That is knowable early only while no new content word is allowed (max_novelty 0): one
+    such word then fails the sentence. With any allowance, later words could still dilute
+    it, so every sentence is decoded to its end.
+    """
+    if policy.max_novelty > 0:
+        return True
+    return evidence.all_words_allowed(unfinished_claim)
+

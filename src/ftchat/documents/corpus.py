@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tomllib
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -48,6 +49,35 @@ def display_path(path: Path) -> str:
     path = path.resolve()
     root, shown_as = (REPO_ROOT, Path()) if IN_CHECKOUT else (SHIPPED_CORPUS, Path("corpus"))
     return str(shown_as / path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+# What the pipeline needs to know about a corpus's own words, from this file in its folder.
+PROFILE_FILE = "corpus.toml"
+
+
+@dataclass(frozen=True)
+class CorpusProfile:
+    """A corpus's words about itself: the top heading of its section about itself, and a
+    regular expression for its sentences that name its own parts. Empty: none."""
+
+    about_section: str = ""
+    self_reference: str = ""
+
+
+def load_profile(corpus_dir: Path) -> CorpusProfile:
+    """The corpus's profile (PROFILE_FILE); a missing file is an empty profile, and a
+    damaged one is too, with one warning naming it."""
+    path = corpus_dir / PROFILE_FILE
+    if not path.is_file():
+        return CorpusProfile()
+    try:
+        data = tomllib.loads(read_text(path))
+        profile = CorpusProfile(str(data.get("about_section", "")), str(data.get("self_reference", "")))
+        re.compile(profile.self_reference)
+    except (tomllib.TOMLDecodeError, re.error) as exc:
+        log.warning("Ignoring %s (%s); the corpus is read without its profile", display_path(path), exc)
+        return CorpusProfile()
+    return profile
 
 
 def read_text(path: Path) -> str:

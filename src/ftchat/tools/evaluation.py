@@ -20,10 +20,10 @@ from pathlib import Path
 
 from ftchat.answering import answer as ans
 from ftchat.answering import conversation, gate, verify
-from ftchat.answering.evidence import ABOUT_THE_GUIDE, LEANING_OPENER, NEAR_DUPLICATE
 from ftchat.answering.retrieval import Passage
 from ftchat.api import Assistant
 from ftchat.config import GATE_FILE, REPO_ROOT
+from ftchat.documents.corpus import load_profile
 from ftchat.files import read_lines
 from ftchat.models.embedding import Embedder
 from ftchat.text import split_sentences
@@ -136,12 +136,33 @@ def write_calibration(result: dict, path: Path = GATE_FILE) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
-# --- Answers ----------------------------------------------------------------------------
-
-
 # --- What the answer says -----------------------------------------------------------------
 
+# The grader's own reading rules, taken from the judging rubric's "readable" (a dangling
+# "It"/"This", a lead-in with nothing after it, code fragments, a sentence about the guide
+# instead of the subject). They are written apart from answering/evidence.py on purpose:
+# graded with the selector's own patterns, every answer passed by construction.
 _LIST_ITEM = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s")
+# A sentence whose subject is in the sentence before it: a pronoun, a demonstrative or an
+# ordinal standing for something named earlier.
+_DANGLING = re.compile(
+    r"^(it|its|it's|this|that|these|those|they|them|their|such|both|either|neither|another|"
+    r"the (former|latter|first|second|third|last|next|other|others|rest|same)|"
+    r"(this|that|these|those|such) (one|ones|method|approach|technique|step|way|kind)|"
+    r"one of (them|these|those)|however|instead|also|then|likewise|similarly)\b",
+    re.IGNORECASE,
+)
+# Words about the document and its layout rather than about fine-tuning.
+_ABOUT_THE_DOCUMENT = re.compile(
+    r"\b(this|the|our) (guide|document|category|categories|section|sections|chapter)\b"
+    r"|\bpart [0-9]+\b|\b(below|above) (we|you) (will|can)\b",
+    re.IGNORECASE,
+)
+# Code rather than prose: a fenced block, or more than one inline code span.
+_CODE = re.compile(r"```|`[^`]+`[^`]*`[^`]+`")
+# Two answer sentences this close in meaning say the same thing (as two sections'
+# definitions of one term do); the grader's own choice, not the selector's.
+SAME_MEANING = 0.85
 
 
 def stated_nuggets(text: str, nuggets: tuple[tuple[str, ...], ...]) -> list[bool]:
@@ -171,8 +192,8 @@ def _follows_in_source(answer: ans.Answer, previous: str, sentence: str) -> bool
 
 def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> list[tuple[str, str]]:
     """(sentence, why) for each sentence a reader cannot take as it stands: a lead-in ending
-    in ':' with nothing after it, an opener leaning on a sentence that is not shown, or a
-    sentence about the guide or a category rather than the subject."""
+    in ':' with nothing after it, an opener leaning on a sentence that is not shown, code,
+    or a sentence about the guide or a category rather than the subject."""
     sentences = split_sentences(answer.text)
     problems = []
     for i, sentence in enumerate(sentences):
@@ -180,12 +201,14 @@ def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> li
         following = sentences[i + 1] if i + 1 < len(sentences) else ""
         if claim.endswith(":") and not _LIST_ITEM.match(following):
             problems.append((sentence, "a lead-in with nothing after it"))
-        elif LEANING_OPENER.match(claim) and not (
+        elif _DANGLING.match(claim) and not (
             i and _follows_in_source(answer, sentences[i - 1], sentence)
         ):
             problems.append((sentence, "leans on a sentence that is not shown"))
-        elif not about_the_guide_ok and ABOUT_THE_GUIDE.search(claim):
+        elif not about_the_guide_ok and _ABOUT_THE_DOCUMENT.search(claim):
             problems.append((sentence, "about the guide, not the subject"))
+        elif _CODE.search(claim):
+            problems.append((sentence, "code, not prose"))
     return problems
 
 
@@ -225,11 +248,14 @@ class ContentReport:
     problems: list[dict] = field(default_factory=list)
 
 
-def _talks_about_the_guide(row: EvalRow) -> bool:
-    return "guide" in row.question.lower() or any(s.startswith("About this guide") for s in row.sections)
+def _talks_about_the_guide(row: EvalRow, about_section: str) -> bool:
+    """A question about the guide itself (asked so, or answered by its section about itself)."""
+    return "guide" in row.question.lower() or (
+        bool(about_section) and any(s.startswith(about_section) for s in row.sections))
 
 
-def _judge_one(row: EvalRow, answer: ans.Answer, report: ContentReport) -> tuple[float | None, int | None]:
+def _judge_one(row: EvalRow, answer: ans.Answer, report: ContentReport,
+               about_section: str) -> tuple[float | None, int | None]:
     """Adds the row's problems to `report`; returns its nugget recall and off-topic count
     (None where the row has no nuggets, or no sections, or the answer was declined)."""
     recall = None
@@ -241,7 +267,7 @@ def _judge_one(row: EvalRow, answer: ans.Answer, report: ContentReport) -> tuple
             report.problems.append({"question": row.question, "problem": "nuggets", "missing": missing})
     if not answer.answerable:
         return recall, None
-    for sentence, why in broken_sentences(answer, _talks_about_the_guide(row)):
+    for sentence, why in broken_sentences(answer, _talks_about_the_guide(row, about_section)):
         report.broken_sentences += 1
         report.problems.append({"question": row.question, "problem": "broken", "sentence": sentence,
                                 "why": why})
@@ -252,15 +278,16 @@ def _judge_one(row: EvalRow, answer: ans.Answer, report: ContentReport) -> tuple
     return recall, len(strays)
 
 
-def judge_content(pairs: list[tuple[EvalRow, ans.Answer]]) -> ContentReport:
+def judge_content(pairs: list[tuple[EvalRow, ans.Answer]], about_section: str = "") -> ContentReport:
     """Nuggets, broken and off-topic sentences and length over the in-scope rows. A declined
-    in-scope question stated none of its nuggets."""
+    in-scope question stated none of its nuggets. `about_section`: the corpus's section about
+    itself (corpus.toml), whose questions may talk about the guide."""
     report = ContentReport()
     recalls, off_topic, words = [], [], []
     for row, answer in pairs:
         if not row.answerable:
             continue
-        recall, strays = _judge_one(row, answer, report)
+        recall, strays = _judge_one(row, answer, report, about_section)
         if recall is not None:
             recalls.append(recall)
         if strays is not None:
@@ -281,6 +308,8 @@ class AnswerReport:
     in_scope_answered: float
     out_of_scope_declined: float
     citation_validity: float
+    # Shown sentences passing verification again: a regression check on the pipeline, not a
+    # quality figure (they passed the same check before they were shown), so in JSON only.
     support_rate: float
     model_sentences_kept: float
     model_written_share: float  # of the sentences shown, those in the model's own words
@@ -307,6 +336,7 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
     first, total = [], []
     failures = []
     embedder = assistant.retriever.embedder
+    about = load_profile(assistant.settings.corpus_dir).about_section
     pairs = []
     repeats = 0
     for row in rows:
@@ -349,7 +379,7 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
         first_token_ms_p50=percentile(first, 50),
         total_ms_p50=percentile(total, 50),
         total_ms_p95=percentile(total, 95),
-        content=_with_follow_ups(judge_content(pairs), pairs, repeats),
+        content=_with_follow_ups(judge_content(pairs, about), pairs, repeats, about),
         failures=failures,
     )
 
@@ -372,12 +402,12 @@ def repeated_sentences(text: str, earlier: list[str], embedder: Embedder) -> int
     if not said or not claims:
         return 0
     close = (embedder.encode(claims) @ embedder.encode(said).T).max(axis=1)
-    return sum(1 for c, sim in zip(claims, close, strict=True) if c in said or float(sim) > NEAR_DUPLICATE)
+    return sum(1 for c, sim in zip(claims, close, strict=True) if c in said or float(sim) > SAME_MEANING)
 
 
 def _with_follow_ups(content: ContentReport, pairs: list[tuple[EvalRow, ans.Answer]],
-                     repeats: int) -> ContentReport:
-    judged = judge_content([(row, answer) for row, answer in pairs if row.history])
+                     repeats: int, about_section: str) -> ContentReport:
+    judged = judge_content([(row, answer) for row, answer in pairs if row.history], about_section)
     content.follow_up_rows, content.follow_up_nugget_recall = judged.nugget_rows, judged.nugget_recall
     content.follow_up_repeats = repeats
     return content
