@@ -121,8 +121,8 @@ class Assistant:
     # Questions -------------------------------------------------------------------------
 
     def search(self, question: str, k: int | None = None) -> list[Passage]:
-        clean_question(question, self.settings)  # a bad question fails before any index work
-        return self.retriever.search(question, k)
+        query = clean_question(question, self.settings)  # a bad question fails before any index work
+        return self.retriever.ranked(query, k)
 
     def gate(self, question: str, history: list[str] | None = None) -> GateDecision:
         """Whether the guide covers `question` (read with its conversation), and the score
@@ -230,9 +230,11 @@ class Assistant:
         if (load_ms := (time.perf_counter() - loading) * 1000) > 50:
             timings["load_ms"] = load_ms
         started = time.perf_counter()
-        query = clean_question(condense(question, history), self.settings)
+        query = condense(question, history)
+        if history:  # the question is clean already; a follow-up joined with its turn may be too long
+            query = clean_question(query, self.settings)
         query_vector = retriever.embedder.encode([query])[0]
-        passages = retriever.search(query, k or self.settings.top_k, query_vector)
+        passages = retriever.ranked(query, k or self.settings.top_k, query_vector)
         timings["retrieve_ms"] = (time.perf_counter() - started) * 1000
         return _Turn(question, query, query_vector, passages, self.settings.model, timings, started)
 

@@ -62,11 +62,15 @@ class Retriever:
         )
 
     def search(self, question: str, k: int | None = None, vector: np.ndarray | None = None) -> list[Passage]:
-        """The k best passages; `vector` is the question's embedding when the caller has it."""
+        """The k best passages for a question as typed; `vector` is its embedding when the
+        caller has it."""
+        return self.ranked(clean_question(question, self.settings), k, vector)
+
+    def ranked(self, query: str, k: int | None = None, vector: np.ndarray | None = None) -> list[Passage]:
+        """The k best passages for a query already cleaned (clean_question)."""
         k = self.settings.top_k if k is None else k
         if k < 1:
             raise QuestionError("k must be at least 1")
-        query = clean_question(question, self.settings)
         n = len(self.index)
         depth = min(max(self.settings.candidates, k), n)
 
