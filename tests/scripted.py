@@ -5,14 +5,15 @@
 in word pieces of at most four characters, so a sentence arrives the way a tokenizer
 would deliver it, a word at a time in several pieces. It honours
 `config.max_new_tokens` (which is how a cut-off tail is made) and stops when the reader
-stops reading. `use_scripted_generator(monkeypatch, generator)` registers it through the
-model registry, like any model, for one test.
+stops reading. `with use_scripted_generator(generator) as name:` registers it through the
+model registry, like any model, for the `with` block (Settings(model=name) loads it).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 from ftchat.models import loader as models
 from ftchat.models.generation import GenerationConfig
@@ -43,11 +44,7 @@ class ScriptedGenerator:
             yield piece
 
 
-def use_scripted_generator(monkeypatch, generator: ScriptedGenerator) -> str:
-    """Register `generator` under its name for this test; returns the name to pass as
-    Settings(model=...). The registry's table is swapped for a copy, so the registration
-    and any model it loads are gone when the test ends."""
-    monkeypatch.setattr(models, "_FACTORIES", dict(models._FACTORIES))
-    monkeypatch.setattr(models, "_GENERATORS", dict(models._GENERATORS))
-    models.register_generator(generator.name, lambda settings: generator)
-    return generator.name
+def use_scripted_generator(generator: ScriptedGenerator) -> AbstractContextManager[str]:
+    """Register `generator` under its name for a `with` block, which gets the name to pass as
+    Settings(model=...); the registry is as it was when the block ends."""
+    return models.registered_generator(generator.name, lambda settings: generator)

@@ -179,13 +179,13 @@ def test_search_questions_file_gives_every_row_one_line(invoke, tmp_path):
     assert result.stderr == "4 of 7 rows failed\n"
 
 
-def test_ask_questions_file_gives_every_row_one_line(invoke, tmp_path, monkeypatch):
+def test_ask_questions_file_gives_every_row_one_line(invoke, tmp_path):
     from scripted import ScriptedGenerator, use_scripted_generator
 
-    name = use_scripted_generator(monkeypatch, ScriptedGenerator("Nothing the sources say."))
     questions = tmp_path / "q.jsonl"
     questions.write_text(BAD_ROWS, encoding="utf-8")
-    result = invoke("ask", "--model", name, "--questions", str(questions))
+    with use_scripted_generator(ScriptedGenerator("Nothing the sources say.")) as name:
+        result = invoke("ask", "--model", name, "--questions", str(questions))
     assert result.exit_code == 1, result.output
     rows = check_rows(result.stdout, "answer")
     assert [r.get("mode") for r in rows] == ["extractive", None, None, None, None, "extractive", "extractive"]

@@ -134,10 +134,8 @@ def registered():
         loads.append(settings)
         return Scripted(settings)
 
-    name = "test-scripted-counter"
-    models.register_generator(name, factory)
-    yield name, loads
-    models.unregister_generator(name)
+    with models.registered_generator("test-scripted-counter", factory) as name:
+        yield name, loads
 
 
 def test_registry_caches_one_model_per_key(registered, tmp_path):
@@ -185,8 +183,9 @@ def test_registered_generator_is_used_through_settings_like_any_model(tmp_path):
 
     replay: Decoder = Replay()  # the protocol is all a backend needs
     name = "test-scripted-replay"
-    models.register_generator(name, lambda s: Generator(s.model, Tokens(), replay, {2}, "script", s.dtype))
-    try:
+    with models.registered_generator(
+        name, lambda s: Generator(s.model, Tokens(), replay, {2}, "script", s.dtype)
+    ):
         assert name in models.generator_names()
         generator = Assistant(Settings(model=name, cache_dir=tmp_path)).load_generator()
         assert isinstance(generator, Generator) and generator.backend == "replay"
@@ -196,9 +195,31 @@ def test_registered_generator_is_used_through_settings_like_any_model(tmp_path):
         # Registering the name again replaces the model it stands for.
         models.register_generator(name, Scripted)
         assert isinstance(Assistant(Settings(model=name, cache_dir=tmp_path)).load_generator(), Scripted)
-    finally:
-        models.unregister_generator(name)
     assert name not in models.generator_names()
+
+
+def test_a_registration_for_a_with_block_leaves_the_registry_as_it_found_it(tmp_path):
+    """Inside the block the name loads the block's factory; after it, even when the block
+    raised, the name stands for what it stood for before (or for nothing), and none of the
+    block's models stays cached."""
+    name = "test-scripted-scoped"
+    settings = Settings(model=name, cache_dir=tmp_path)
+
+    class Inner(Scripted):
+        pass
+
+    with models.registered_generator(name, Inner) as registered:
+        assert registered == name and isinstance(models.get_generator(settings), Inner)
+    assert name not in models.generator_names() and not models.generator_is_loaded(settings)
+
+    with models.registered_generator(name, Scripted):
+        outer = models.get_generator(settings)
+        with pytest.raises(RuntimeError), models.registered_generator(name, Inner):
+            assert isinstance(models.get_generator(settings), Inner)
+            raise RuntimeError("a failing test")
+        again = models.get_generator(settings)
+        assert type(again) is Scripted and again is not outer  # reloaded, not the block's model
+    assert name not in models.generator_names() and not models.generator_is_loaded(settings)
 
 
 def test_an_unknown_model_name_says_what_to_choose(tmp_path):

@@ -1,9 +1,9 @@
 """Loading models, and the one cache of loaded models.
 
 A generator is a preset (presets.py), any local model folder or hub id, or a name
-registered with `register_generator` (a test's scripted generator, for one). Each loaded
-model is cached for the process under everything that changes what is loaded
-(`generator_key`).
+registered with `register_generator` (or, for one `with` block, `registered_generator`: a
+test's scripted generator, for one). Each loaded model is cached for the process under
+everything that changes what is loaded (`generator_key`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,23 @@ def unregister_generator(name: str) -> None:
         _FACTORIES.pop(name, None)
         for key in [k for k in _GENERATORS if k[0] == name]:
             del _GENERATORS[key]
+
+
+@contextmanager
+def registered_generator(name: str, factory: GeneratorFactory) -> Iterator[str]:
+    """`register_generator(name, factory)` for the `with` block, which gets the name. On exit
+    the name stands for what it stood for before (an earlier factory, or nothing), and the
+    models loaded under it meanwhile are gone."""
+    with _CACHE_LOCK:
+        previous = _FACTORIES.get(name)
+    register_generator(name, factory)
+    try:
+        yield name
+    finally:
+        if previous is None:
+            unregister_generator(name)
+        else:
+            register_generator(name, previous)
 
 
 def generator_names() -> list[str]:
