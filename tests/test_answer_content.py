@@ -62,10 +62,10 @@ def test_lead_in_without_what_it_introduces_and_sentences_about_the_guide_are_br
     guide = _answer("The guide is written as an overview rather than a textbook. [1]", [p])
     assert [why for _, why in ev.broken_sentences(guide)] == ["about the guide, not the subject"]
     assert ev.broken_sentences(guide, about_the_guide_ok=True) == []
-    code = _answer("Call `model.train()` then `optimizer.step()` in the loop. [1]", [p])
+    code = _answer("Run `trainer.train(resume_from_checkpoint=True)` then. [1]", [p])
     assert [why for _, why in ev.broken_sentences(code)] == ["code, not prose"]
-    one_term = _answer("LoRA adds small `A` matrices beside the frozen weights. [1]", [p])
-    assert ev.broken_sentences(one_term) == []  # one inline term reads as prose
+    terms = _answer("The Hugging Face `Trainer` logs to it with `report_to=\"tensorboard\"`. [1]", [p])
+    assert ev.broken_sentences(terms) == []  # code terms inside a sentence still read as prose
 
 
 def test_off_topic_sentences_are_those_citing_no_answering_section() -> None:

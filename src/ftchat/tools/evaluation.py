@@ -158,8 +158,14 @@ _ABOUT_THE_DOCUMENT = re.compile(
     r"|\bpart [0-9]+\b|\b(below|above) (we|you) (will|can)\b",
     re.IGNORECASE,
 )
-# Code rather than prose: a fenced block, or more than one inline code span.
-_CODE = re.compile(r"```|`[^`]+`[^`]*`[^`]+`")
+# Code rather than prose: a fenced block, or a sentence at least half of whose characters
+# are inside `code spans` (naming `Trainer` or `report_to` in a sentence still reads as prose).
+_CODE_SPAN = re.compile(r"`[^`]*`")
+
+
+def _is_code(text: str) -> bool:
+    inside = sum(len(span) for span in _CODE_SPAN.findall(text))
+    return "```" in text or inside >= len(text) / 2
 # Two answer sentences this close in meaning say the same thing (as two sections'
 # definitions of one term do); the grader's own choice, not the selector's.
 SAME_MEANING = 0.85
@@ -207,7 +213,7 @@ def broken_sentences(answer: ans.Answer, about_the_guide_ok: bool = False) -> li
             problems.append((sentence, "leans on a sentence that is not shown"))
         elif not about_the_guide_ok and _ABOUT_THE_DOCUMENT.search(claim):
             problems.append((sentence, "about the guide, not the subject"))
-        elif _CODE.search(claim):
+        elif _is_code(claim):
             problems.append((sentence, "code, not prose"))
     return problems
 
@@ -319,6 +325,8 @@ class AnswerReport:
     total_ms_p95: float
     content: ContentReport = field(default_factory=ContentReport)
     failures: list[dict] = field(default_factory=list)
+    # Every row's answer as shown, for reading and judging it (and for re-grading it later).
+    rows: list[dict] = field(default_factory=list)
 
 
 def citation_valid(answer: ans.Answer, terms: tuple[str, ...]) -> bool:
@@ -381,7 +389,13 @@ def evaluate_answers(assistant: Assistant, rows: list[EvalRow]) -> AnswerReport:
         total_ms_p95=percentile(total, 95),
         content=_with_follow_ups(judge_content(pairs, about), pairs, repeats, about),
         failures=failures,
+        rows=[_shown(row, answer) for row, answer in pairs],
     )
+
+
+def _shown(row: EvalRow, answer: ans.Answer) -> dict:
+    return {"question": row.question, "history": list(row.history), "answer": answer.text,
+            "mode": str(answer.mode), "cited": [c.passage.chunk.title for c in answer.citations]}
 
 
 def ask_in_conversation(assistant: Assistant, row: EvalRow) -> tuple[ans.Answer, list[str]]:
