@@ -15,7 +15,9 @@ Fixtures meant for reuse by other test files:
                            index over the template's corpus (add to or damage the index freely,
                            never edit the corpus)
     make_pdf               function(pages: list[str]) -> bytes of a valid text-layer PDF
-    cli_env                function(settings) -> environment for running the `ftchat` script
+
+A child `ftchat` process gets `settings.child_environment()` (config.Settings), the
+environment under which it reads the same settings.
 
 Every test runs without the developer's FTCHAT_* variables, with FTCHAT_CACHE_DIR at the
 session's model cache (guide_fixtures.MODEL_CACHE), so none reads the developer's settings
@@ -268,24 +270,6 @@ def fresh_settings(tmp_path, small_corpus_dir) -> Settings:
     """Private settings over an editable copy of the small corpus (no index built yet)."""
     shutil.copytree(small_corpus_dir, tmp_path / "corpus")
     return settings_for(tmp_path)
-
-
-@pytest.fixture(scope="session")
-def cli_env():
-    def env_for(settings: Settings) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FTCHAT_")}
-        env.update(
-            FTCHAT_CORPUS_DIR=str(settings.corpus_dir),
-            FTCHAT_INDEX_DIR=str(settings.index_dir),
-            FTCHAT_CACHE_DIR=str(settings.cache_dir),
-            FTCHAT_EMBEDDER=settings.embedder,
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            PYTHONUNBUFFERED="1",
-        )
-        return env
-
-    return env_for
 
 
 # Fixtures over the real guide, shared by the answer, CLI and page tests.

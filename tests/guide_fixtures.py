@@ -37,17 +37,4 @@ def assistant(guide_settings: Settings) -> Assistant:
     return Assistant(guide_settings)
 
 
-def guide_env(settings: Settings) -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env.update(
-        FTCHAT_CORPUS_DIR=str(settings.corpus_dir),
-        FTCHAT_INDEX_DIR=str(settings.index_dir),
-        FTCHAT_CACHE_DIR=str(settings.cache_dir),
-        HF_HUB_OFFLINE="1",
-    )
-    return env
-
-
 FTCHAT = Path(REPO_ROOT) / ".venv" / "bin" / "ftchat"

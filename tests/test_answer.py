@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import pytest
-from guide_fixtures import FTCHAT, guide_env
+from guide_fixtures import FTCHAT
 
 from ftchat.answering import answer as ans
 from ftchat.answering import gate, verify
@@ -246,7 +246,7 @@ def test_verification_drops_unsupported_sentences(assistant) -> None:
 def test_cli_ask_json_matches_the_contract(guide_settings) -> None:
     result = subprocess.run(
         [str(FTCHAT), "ask", "--json", "How do I handle an imbalanced dataset?"],
-        capture_output=True, text=True, env=guide_env(guide_settings), timeout=300,
+        capture_output=True, text=True, env=guide_settings.child_environment(), timeout=300,
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -268,17 +268,18 @@ def test_cli_ask_questions_file_and_errors(guide_settings, tmp_path) -> None:
     questions.write_text('{"question": "What is SMOTE?"}\nWho painted the Mona Lisa?\n', encoding="utf-8")
     result = subprocess.run(
         [str(FTCHAT), "ask", "--questions", str(questions)],
-        capture_output=True, text=True, env=guide_env(guide_settings), timeout=300,
+        capture_output=True, text=True, env=guide_settings.child_environment(), timeout=300,
     )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["answerable"] for r in rows] == [True, False]
     empty = subprocess.run(
-        [str(FTCHAT), "ask", "  "], capture_output=True, text=True, env=guide_env(guide_settings), timeout=120
+        [str(FTCHAT), "ask", "  "], capture_output=True, text=True, env=guide_settings.child_environment(),
+        timeout=120,
     )
     assert empty.returncode != 0 and "empty" in empty.stderr and "Traceback" not in empty.stderr
     unknown = subprocess.run(
         [str(FTCHAT), "ask", "--model", "no-such-model", "What is LoRA?"],
-        capture_output=True, text=True, env=guide_env(guide_settings), timeout=120,
+        capture_output=True, text=True, env=guide_settings.child_environment(), timeout=120,
     )
     assert unknown.returncode != 0 and "smollm2-135m" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -42,10 +42,11 @@ def check_passage(passage: dict, chunks_by_id: dict) -> None:
 pytestmark = pytest.mark.slow  # every test here runs the `ftchat` script in a new process
 
 
-def test_search_json_matches_the_contract(cli_settings, cli_env, small_index, embedder):
+def test_search_json_matches_the_contract(cli_settings, small_index, embedder):
     from ftchat.answering.retrieval import Retriever
 
-    result = run(["search", "How does SMOTE balance classes?", "--k", "3", "--json"], cli_env(cli_settings))
+    result = run(["search", "How does SMOTE balance classes?", "--k", "3", "--json"],
+                 cli_settings.child_environment())
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -65,7 +66,7 @@ def test_search_json_matches_the_contract(cli_settings, cli_env, small_index, em
     assert [p["score"] for p in passages] == pytest.approx([p.score for p in expected], abs=1e-6)
 
 
-def test_search_questions_file_prints_json_lines(cli_settings, cli_env, tmp_path):
+def test_search_questions_file_prints_json_lines(cli_settings, tmp_path):
     questions = tmp_path / "questions.txt"
     questions.write_text(
         "What is GPTQ?\n"
@@ -75,7 +76,7 @@ def test_search_questions_file_prints_json_lines(cli_settings, cli_env, tmp_path
         '{"question": "Ünïcode question about EWC ✓"}\n',
         encoding="utf-8",
     )
-    result = run(["search", "--questions", str(questions), "--k", "2"], cli_env(cli_settings))
+    result = run(["search", "--questions", str(questions), "--k", "2"], cli_settings.child_environment())
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["question"] for r in rows] == [
@@ -94,8 +95,8 @@ def test_search_questions_file_prints_json_lines(cli_settings, cli_env, tmp_path
 
 
 @pytest.mark.parametrize("question", ["", "   "])
-def test_empty_question_is_a_one_line_error(cli_settings, cli_env, question):
-    result = run(["search", question, "--json"], cli_env(cli_settings))
+def test_empty_question_is_a_one_line_error(cli_settings, question):
+    result = run(["search", question, "--json"], cli_settings.child_environment())
     assert result.returncode != 0
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
@@ -104,10 +105,10 @@ def test_empty_question_is_a_one_line_error(cli_settings, cli_env, question):
     assert "empty" in lines[0].lower()
 
 
-def test_a_bad_row_fails_alone_in_the_real_script(cli_settings, cli_env, tmp_path):
+def test_a_bad_row_fails_alone_in_the_real_script(cli_settings, tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What is GPTQ?"}\n{"not_question": 1}\nWhat is SMOTE?\n')
-    result = run(["search", "--questions", str(questions)], cli_env(cli_settings))
+    result = run(["search", "--questions", str(questions)], cli_settings.child_environment())
     assert result.returncode == 1 and "Traceback" not in result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["question"] for r in rows] == ["What is GPTQ?", None, "What is SMOTE?"]
@@ -141,12 +142,12 @@ EXPECTED = [
 
 
 @pytest.fixture
-def invoke(cli_settings, cli_env, monkeypatch):
+def invoke(cli_settings, monkeypatch):
     from click.testing import CliRunner
 
     from ftchat.cli import main
 
-    for name, value in cli_env(cli_settings).items():
+    for name, value in cli_settings.child_environment().items():
         if name.startswith("FTCHAT_"):
             monkeypatch.setenv(name, value)
 
@@ -230,14 +231,14 @@ def test_eval_names_the_file_and_line_of_a_malformed_row(invoke, tmp_path, conte
 
 
 def test_index_source_pdf_then_search_shows_page_locations(
-    small_corpus_settings, small_index, cli_env, tmp_path, make_pdf
+    small_corpus_settings, small_index, tmp_path, make_pdf
 ):
     settings = dataclasses.replace(small_corpus_settings, index_dir=tmp_path / "index")
     shutil.copytree(small_corpus_settings.index_dir, settings.index_dir)
     pdf = tmp_path / "uploads" / "dpo_notes.pdf"
     pdf.parent.mkdir()
     pdf.write_bytes(make_pdf([PDF_PAGE_1, "", PDF_PAGE_3]))
-    env = cli_env(settings)
+    env = settings.child_environment()
 
     indexed = run(["index", "--source", str(pdf)], env)
     assert indexed.returncode == 0, indexed.stderr
@@ -264,8 +265,8 @@ def test_index_source_pdf_then_search_shows_page_locations(
         ("FTCHAT_THREADS", "two", "FTCHAT_THREADS must be a whole number, got 'two'"),
     ],
 )
-def test_unusable_setting_is_a_one_line_error(cli_settings, cli_env, variable, value, message):
-    env = {**cli_env(cli_settings), variable: value}
+def test_unusable_setting_is_a_one_line_error(cli_settings, variable, value, message):
+    env = {**cli_settings.child_environment(), variable: value}
     result = run(["search", "LoRA"], env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"Error: {message}"
@@ -278,8 +279,8 @@ def test_unusable_setting_is_a_one_line_error(cli_settings, cli_env, variable, v
         ("FTCHAT_DECODER", "Unknown decoder 'float8'; choose auto or transformers (FTCHAT_DECODER)"),
     ],
 )
-def test_unusable_generator_setting_is_a_one_line_error(cli_settings, cli_env, variable, message):
-    env = {**cli_env(cli_settings), variable: "float8"}
+def test_unusable_generator_setting_is_a_one_line_error(cli_settings, variable, message):
+    env = {**cli_settings.child_environment(), variable: "float8"}
     result = run(["ask", "What does SMOTE do?"], env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"Error: {message}"

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from guide_fixtures import FTCHAT, guide_env
+from guide_fixtures import FTCHAT
 
 from ftchat.answering import gate
 from ftchat.tools import evaluation as ev
@@ -131,7 +131,7 @@ def test_eval_cli_on_a_user_file(guide_settings, tmp_path) -> None:
     )
     result = subprocess.run(
         [str(FTCHAT), "eval", str(rows), "--json", "--retrieval-only"],
-        capture_output=True, text=True, env=guide_env(guide_settings), timeout=300,
+        capture_output=True, text=True, env=guide_settings.child_environment(), timeout=300,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -142,7 +142,7 @@ def test_eval_cli_on_a_user_file(guide_settings, tmp_path) -> None:
     more.write_text('{"question": "What does GPTQ do?", "expected_terms": ["GPTQ"]}\n', encoding="utf-8")
     both = subprocess.run(
         [str(FTCHAT), "eval", str(rows), str(more), "--json", "--retrieval-only"],
-        capture_output=True, text=True, env=guide_env(guide_settings), timeout=300,
+        capture_output=True, text=True, env=guide_settings.child_environment(), timeout=300,
     )
     assert both.returncode == 0, both.stderr
     assert json.loads(both.stdout)["retrieval"]["questions"] == 2
@@ -151,6 +151,6 @@ def test_eval_cli_on_a_user_file(guide_settings, tmp_path) -> None:
     broken.write_text('{"expected_terms": []}\n', encoding="utf-8")
     bad = subprocess.run(
         [str(FTCHAT), "eval", str(broken)],
-        capture_output=True, text=True, env=guide_env(guide_settings), timeout=120,
+        capture_output=True, text=True, env=guide_settings.child_environment(), timeout=120,
     )
     assert bad.returncode != 0 and "broken.jsonl:1" in bad.stderr and "Traceback" not in bad.stderr

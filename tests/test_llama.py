@@ -182,16 +182,14 @@ def test_the_default_answer_path_never_imports_transformers(guide_settings) -> N
     import subprocess
     import sys
 
-    from guide_fixtures import guide_env
-
     script = (
         "import sys; from ftchat.api import Assistant\n"
         "answer = Assistant().ask('What is QLoRA and how does it save memory?')\n"
         "assert answer.answerable and answer.citations, answer.text\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'sentence_transformers'}))\n"
     )
-    env = {k: v for k, v in guide_env(guide_settings).items() if not k.startswith("FTCHAT_DECODER")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            timeout=300)
+    assert guide_settings.decoder == "auto"  # the default path
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=guide_settings.child_environment(), timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -64,6 +64,27 @@ def test_settings_do_not_change_when_the_environment_does_later(monkeypatch):
     assert models.generator_key(s)[2:4] == (resolve_dtype("auto"), "auto")
 
 
+def test_a_child_process_reads_the_same_settings(monkeypatch, tmp_path):
+    """child_environment() is what every child `ftchat` gets (bench, load test, tests): read
+    back under it, every setting the environment can carry is the parent's, and the parent's
+    own FTCHAT_* variables (its host, port, credentials) do not leak through."""
+    import os
+
+    monkeypatch.setenv("FTCHAT_AUTH", "parent:secret")
+    monkeypatch.setenv("FTCHAT_PORT", "8123")
+    parent = Settings(
+        corpus_dir=tmp_path / "c", index_dir=tmp_path / "i", questions_file=tmp_path / "q.jsonl",
+        cache_dir=tmp_path / "m", embedder="some-embedder", model="some-model", dense_weight=0.25,
+        asked_weight=0.5, max_new_tokens=7, dtype="int8", threads=3, decoder="transformers",
+    )
+    env = parent.child_environment(FTCHAT_PORT="9000", OTHER="x")
+    assert "FTCHAT_AUTH" not in env and env["OTHER"] == "x" and env["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setattr(os, "environ", env)
+    child = Settings()
+    assert child.port == 9000 and child.auth is None
+    assert replace(child, port=parent.port, auth=parent.auth) == parent
+
+
 # --- Only config.py reads FTCHAT_*; nothing writes os.environ ---------------------------
 
 

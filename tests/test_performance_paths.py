@@ -134,9 +134,7 @@ def test_embedder_and_generator_loading_at_once_in_a_fresh_process(guide_setting
     import subprocess
     import sys
 
-    from guide_fixtures import guide_env
-
     result = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True,
-                            env=guide_env(guide_settings), timeout=300)
+                            env=guide_settings.child_environment(), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip()

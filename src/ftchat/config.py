@@ -171,3 +171,29 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def child_environment(self, **extra: str) -> dict[str, str]:
+        """The environment in which a child process (an `ftchat` command, the page) reads
+        these same settings: this process's environment without its FTCHAT_* variables, one
+        FTCHAT_* variable for each setting read from the environment (but for the page's
+        host, port and credentials, which the caller decides), model hubs offline, then
+        `extra` (any variable, set last)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FTCHAT_")}
+        env.update(
+            FTCHAT_CORPUS_DIR=str(self.corpus_dir),
+            FTCHAT_INDEX_DIR=str(self.index_dir),
+            FTCHAT_QUESTIONS_FILE=str(self.questions_file),
+            FTCHAT_CACHE_DIR=str(self.cache_dir),
+            FTCHAT_EMBEDDER=self.embedder,
+            FTCHAT_MODEL=self.model,
+            FTCHAT_DENSE_WEIGHT=str(self.dense_weight),
+            FTCHAT_ASKED_WEIGHT=str(self.asked_weight),
+            FTCHAT_MAX_TOKENS=str(self.max_new_tokens),
+            FTCHAT_DTYPE=self.dtype,
+            FTCHAT_THREADS=str(self.threads),
+            FTCHAT_DECODER=self.decoder,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+        )
+        env.update(extra)
+        return env
