@@ -7,10 +7,10 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
-from guide_fixtures import FTCHAT, guide_env
+from guide_fixtures import FTCHAT
 
 from ftchat.config import REPO_ROOT
-from ftchat.tools import bench
+from ftchat.tools.bench import cold_start, probe
 
 # What an AVX2-only CPU offers, on a machine that has more: ATen's and oneDNN's own switches.
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -25,7 +25,7 @@ REQUIRED = [
 def test_machine_reports_cpu_threads_and_dtype():
     from ftchat.config import Settings
 
-    m = bench.machine(Settings())
+    m = probe.machine(Settings())
     assert m["cpu"] and m["cores"] >= 1 and m["torch_threads"] >= 1
     assert m["dtype"] in {"float32", "bfloat16", "int4", "int8"}
     assert isinstance(m["bf16"], bool) and isinstance(m["amx"], bool)
@@ -85,12 +85,12 @@ def test_memory_bandwidth_is_bytes_read_over_the_best_run_in_gb_per_s(monkeypatc
     """The unit and the choice of run, on a fake clock: three runs of 4, 2 and 8 ms over
     8 MiB must give 8 MiB / 2 ms in GB/s (the least disturbed run counts)."""
     ticks = iter([0.0, 0.004, 1.0, 1.002, 2.0, 2.008])
-    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
-    assert bench.memory_bandwidth_gbs(2, megabytes=8, repeats=3) == pytest.approx(8 * 2**20 / 0.002 / 1e9)
+    monkeypatch.setattr(probe, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert probe.memory_bandwidth_gbs(2, megabytes=8, repeats=3) == pytest.approx(8 * 2**20 / 0.002 / 1e9)
 
 
 def test_memory_bandwidth_is_plausible_for_a_machine():
-    bandwidth = bench.memory_bandwidth_gbs(1, megabytes=32, repeats=3)
+    bandwidth = probe.memory_bandwidth_gbs(1, megabytes=32, repeats=3)
     assert 0.5 <= bandwidth <= 2000, f"{bandwidth} GB/s"
 
 
@@ -110,7 +110,7 @@ def test_quick_bench_json_has_the_required_keys(guide_settings, tmp_path):
     so that the path most laptops get, int4 weights, is the one benchmarked here."""
     out = tmp_path / "results.json"
     table = tmp_path / "results.md"
-    env = {**guide_env(guide_settings), **AVX2_ONLY}
+    env = {**guide_settings.child_environment(), **AVX2_ONLY}
     proc = subprocess.run(
         [str(FTCHAT), "bench", "--json", "--quick", "--write", str(out), "--markdown", str(table)],
         env=env, capture_output=True, text=True, timeout=1200,
@@ -151,7 +151,7 @@ def test_a_childs_peak_memory_is_its_own_not_this_process(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(2)"],
                              stdout=subprocess.PIPE)
     child.stdout.readline()
-    peak = bench._peak_rss_mb(child.pid)
+    peak = cold_start._peak_rss_mb(child.pid)
     child.wait()
     assert peak is not None and 1 < peak < 200, peak
     del held
