@@ -61,9 +61,10 @@ calibrate: setup
 train: setup
 	$(BIN)/ftchat train $(TRAIN_ARGS)
 
-# 8 concurrent sessions x 25 questions against the app on a free loopback port (~15 min).
+# 8 concurrent sessions x 25 questions against the page on a free loopback port (~15 min).
+# Options: make loadtest LOADTEST_ARGS="--sessions 4 --questions 6" (ftchat loadtest --help).
 loadtest: setup
-	$(BIN)/python scripts/loadtest.py $(LOADTEST_ARGS)
+	$(BIN)/ftchat loadtest $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) index

@@ -1,30 +1,18 @@
-"""The load test (scripts/loadtest.py) at a reduced count: 4 concurrent sessions x 6 questions
-against the real app on a free loopback port. `make loadtest` runs the full 8 x 25."""
+"""The load test (`ftchat loadtest`, tools/loadtest.py) at a reduced count: 4 concurrent sessions
+x 6 questions against the real page on a free loopback port. `make loadtest` runs the full 8 x 25."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "loadtest.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("loadtest", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["loadtest"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from ftchat.cli import main
+from ftchat.tools import loadtest
 
 
 def test_question_plans_mix_in_scope_out_of_scope_and_follow_ups():
-    loadtest = _load_script()
     rows = loadtest.load_rows()
     for seed in range(8):
         steps = loadtest.plan(rows, 25, seed)
@@ -37,7 +25,6 @@ def test_question_plans_mix_in_scope_out_of_scope_and_follow_ups():
 
 
 def test_answer_checks_catch_mixed_sessions_and_bad_citations():
-    loadtest = _load_script()
     step = loadtest.Step("what does it cost in memory?", "follow-up", ("QLoRA",))
     good = {"done": True, "question": step.question, "answer": "QLoRA saves memory [1].", "answerable": True,
             "mode": "generated", "search_query": "What is QLoRA? what does it cost in memory?",
@@ -52,21 +39,40 @@ def test_answer_checks_catch_mixed_sessions_and_bad_citations():
     assert loadtest.check_answer(step, [], [{"done": True, "error": "boom"}])[0] == ["error: boom"]
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--sessions", "0"], "Invalid value for '--sessions'"),
+    (["--url", "http://example.com:7860/"], "Error: --url must point at a loopback address"),
+])
+def test_the_command_refuses_an_empty_run_and_a_remote_page(arguments, message):
+    """Nothing is started: the load only ever goes to this machine, and to at least one session."""
+    result = CliRunner().invoke(main, ["loadtest", *arguments])
+    assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_a_damaged_questions_file_is_a_one_line_error(tmp_path):
+    questions = tmp_path / "eval.jsonl"
+    questions.write_text('{"question": "What is LoRA?", "answerable": true}\n{"question": \n',
+                         encoding="utf-8")
+    result = CliRunner().invoke(main, ["loadtest", "--eval-file", str(questions)])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {questions}:2: "), result.output
+
+
 @pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.subprocess
 def test_reduced_load_run_has_no_failures_and_flat_memory(guide_settings, tmp_path):
     report_path = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--sessions", "4", "--questions", "6", "--time-limit", "150",
-         "--index-dir", str(guide_settings.index_dir), "--json", str(report_path),
-         "--log", str(tmp_path / "app.log")],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
-    )
-    assert report_path.exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    result = CliRunner().invoke(main, [
+        "loadtest", "--sessions", "4", "--questions", "6", "--time-limit", "150",
+        "--index-dir", str(guide_settings.index_dir), "--json", str(report_path),
+        "--log", str(tmp_path / "app.log"),
+    ])
+    assert report_path.exists(), result.output[-3000:]
     report = json.loads(report_path.read_text())
-    print(result.stdout.splitlines()[-1])
+    print(result.output.splitlines()[-1])
     assert report["failures"] == 0, report["failure_examples"]
     assert report["completed"] == 24 and not report["stopped_by_time_limit"]
     assert report["by_kind"]["follow-up"] >= 4 and report["by_kind"]["out-of-scope"] >= 4
     assert report["memory_flat"], report["memory_mb"]
     assert report["latency_seconds"]["p95"] > 0
-    assert result.returncode == 0 and report["passed"]
+    assert result.exit_code == 0 and report["passed"]

@@ -381,6 +381,51 @@ def bench(as_json: bool, write_path: Path | None, markdown_path: Path | None, qu
 
 
 @main.command()
+@click.option("--sessions", type=click.IntRange(1), default=8, show_default=True, help="Concurrent sessions.")
+@click.option("--questions", type=click.IntRange(1), default=25, show_default=True,
+              help="Questions per session.")
+@click.option("--time-limit", type=float, default=3600, show_default=True,
+              help="Seconds after which no new question is asked.")
+@click.option("--max-growth-mb", type=float, default=150, show_default=True,
+              help="Allowed RSS growth after the first quarter of the run.")
+@click.option("--k", type=int, default=0, show_default=True,
+              help="Passages per question (0: the page's default).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed for the question plans.")
+@click.option("--eval-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Questions to ask (default eval/eval.jsonl).")
+@click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Index folder for the page (default: FTCHAT_INDEX_DIR or ./index).")
+@click.option("--url", help="Drive a page already running on a loopback address instead.")
+@click.option("--pid", type=int, help="With --url: the server's process id, to sample its memory.")
+@click.option("--log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the page's log (default: a temp file).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the report as JSON to this file.")
+def loadtest(index_dir: Path | None, json_path: Path | None, **options: object) -> None:
+    """Drive the page with concurrent sessions on a free loopback port (~15 min).
+
+    Each session asks in-scope, out-of-scope and follow-up questions through the page's API
+    with its own history; every answer is checked (well-formed, cited, never another
+    session's), and latency and the server's memory are reported. Exit status 0 only when
+    everything passed.
+    """
+    from ftchat.tools import loadtest as load
+
+    settings = _settings(index_dir=index_dir)
+    try:
+        report = load.run(settings, load.Options(**{k: v for k, v in options.items() if v is not None}))
+    except load.LoadTestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    text = json.dumps(report, indent=2)
+    if json_path is not None:
+        json_path.write_text(text + "\n", encoding="utf-8")
+    click.echo(text)
+    click.echo("\n" + load.summary_line(report))
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--train", "train_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Training rows (default train/targets.jsonl; format in docs/training.md).")
 @click.option("--val", "val_file", type=click.Path(dir_okay=False, path_type=Path),

@@ -109,8 +109,8 @@ class PageProcess:
     """The page started as `command --host 127.0.0.1 --port <free port>` in a child process,
     its output in `log_path`.
 
-    `command` defaults to `ftchat serve` (as `python -m ftchat.cli serve`); the tests and the
-    load test pass `[sys.executable, "app.py"]`. `env` defaults to this process's; it gets
+    `command` defaults to `ftchat serve` (as `python -m ftchat.cli serve`: the load test's);
+    some tests pass `[sys.executable, "app.py"]`. `env` defaults to this process's; it gets
     offline model hubs and unbuffered output added.
 
         page = PageProcess(tmp / "page.log")

@@ -1,51 +1,65 @@
-"""Load test: start the app on a free loopback port and drive it with concurrent sessions.
+"""`ftchat loadtest`: start the page on a free loopback port and drive it with concurrent sessions.
 
-    .venv/bin/python scripts/loadtest.py                       # 8 sessions x 25 questions
-    .venv/bin/python scripts/loadtest.py --sessions 4 --questions 6 --json report.json
-    .venv/bin/python scripts/loadtest.py --url http://127.0.0.1:7860/   # an app already running
+    ftchat loadtest                                  # 8 sessions x 25 questions (`make loadtest`)
+    ftchat loadtest --sessions 4 --questions 6 --json report.json
+    ftchat loadtest --url http://127.0.0.1:7860/     # a page already running
 
 Each session is its own gradio_client Client (its own Gradio session) and asks a mix of
-in-scope, out-of-scope and follow-up questions from eval/eval.jsonl through the app's
+in-scope, out-of-scope and follow-up questions from eval/eval.jsonl through the page's
 `/ask` API, passing its own conversation history. Checked for every answer:
 
   * no failed request (exception, error payload, missing final {"done": true} message);
   * well-formed: question echoed, answer text, mode, and every [n] in the answer present
     in the citations; in-scope answers carry at least one citation;
   * no mixing between sessions: the server's `search_query` equals what this session's
-    own history gives (ftchat.answer.condense), and the follow-up's passages hit the
-    topic of this session's earlier turn.
+    own history gives (answering.conversation.condense), and the follow-up's passages hit
+    the topic of this session's earlier turn.
 
 Reported: latency p50/p95 (wall time per request, queueing included, and the server's own
 answer time), peak RSS of the server process, RSS before/after, and the growth across
-the run (bounded by --max-growth-mb). Load goes to 127.0.0.1 only; the run stops asking
-new questions after --time-limit seconds. Exit status 0 only when everything passed.
+the run (bounded by max_growth_mb). Load goes to 127.0.0.1 only; the run stops asking
+new questions after time_limit seconds. `passed` only when everything passed.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import random
 import re
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from ftchat.answering.conversation import condense
+from ftchat.answering.verify import cited_numbers  # the same rules the server applies
+from ftchat.config import REPO_ROOT, Settings
+from ftchat.files import read_lines
+from ftchat.page.serve import PageProcess
+from ftchat.tools.stats import percentile
 
-from ftchat.answering.conversation import condense  # noqa: E402
-from ftchat.answering.verify import cited_numbers  # noqa: E402  (the same rules the server applies
-from ftchat.files import read_lines  # noqa: E402
-from ftchat.page.serve import PageProcess  # noqa: E402
-from ftchat.tools.stats import percentile  # noqa: E402
-
-EVAL_FILE = ROOT / "eval" / "eval.jsonl"
+EVAL_FILE = REPO_ROOT / "eval" / "eval.jsonl"
 START_TIMEOUT_S = 300
+
+
+class LoadTestError(ValueError):
+    """A load test that cannot start: an unusable questions file or a non-loopback URL."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `ftchat loadtest` is asked to do (its options, with the same defaults)."""
+
+    sessions: int = 8  # concurrent sessions
+    questions: int = 25  # questions per session
+    time_limit: float = 3600  # seconds after which no new question is asked
+    max_growth_mb: float = 150  # allowed RSS growth after the first quarter of the run
+    k: int = 0  # passages per question (0: the page's default)
+    seed: int = 1  # seed for the question plans
+    eval_file: Path = EVAL_FILE
+    url: str | None = None  # drive a page already running on a loopback address instead
+    pid: int | None = None  # with url: the server's process id, to sample its memory
+    log: Path | None = None  # where to write the page's log (default: a temp file)
 
 
 # --- Question plans -----------------------------------------------------------------------
@@ -61,7 +75,7 @@ class Step:
 def load_rows(path: Path = EVAL_FILE) -> list[dict]:
     lines = list(read_lines(path))
     if bad := next((line for line in lines if line.error), None):
-        raise SystemExit(f"{path}:{bad.number}: {bad.error}")
+        raise LoadTestError(f"{path}:{bad.number}: {bad.error}")
     return [line.value for line in lines]
 
 
@@ -92,12 +106,10 @@ def plan(rows: list[dict], count: int, seed: int) -> list[Step]:
 # --- The server ---------------------------------------------------------------------------
 
 
-def start_server(index_dir: Path | None, log_path: Path) -> PageProcess:
-    """`python app.py` on a free loopback port, open (no FTCHAT_AUTH), its log in a file."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FTCHAT_HOST", "FTCHAT_AUTH")}
-    if index_dir is not None:
-        env["FTCHAT_INDEX_DIR"] = str(index_dir)
-    return PageProcess(log_path, env=env, command=[sys.executable, str(ROOT / "app.py")], cwd=ROOT)
+def start_server(settings: Settings, log_path: Path) -> PageProcess:
+    """`ftchat serve` on a free loopback port, open (no FTCHAT_AUTH), reading `settings`,
+    its log in a file."""
+    return PageProcess(log_path, env=settings.child_environment())
 
 
 def rss_bytes(pid: int) -> int:
@@ -242,11 +254,12 @@ def run_session(url: str, number: int, steps: list[Step], deadline: float, resul
         pass
 
 
-def run(args: argparse.Namespace) -> dict:
-    rows = load_rows(args.eval_file)
-    url, server = _target(args)
-    pid = server.process.pid if server else args.pid
-    report: dict = {"url": url, "sessions": args.sessions, "questions_per_session": args.questions}
+def run(settings: Settings, options: Options) -> dict:
+    """The load test's report; the page it starts (unless options.url) reads `settings`."""
+    rows = load_rows(options.eval_file)
+    url, server = _target(settings, options)
+    pid = server.process.pid if server else options.pid
+    report: dict = {"url": url, "sessions": options.sessions, "questions_per_session": options.questions}
     sampler = None
     results: list[Result] = []
     try:
@@ -255,7 +268,7 @@ def run(args: argparse.Namespace) -> dict:
             sampler = MemorySampler(pid)
             sampler.start()
             time.sleep(0.6)
-        elapsed = _drive(url, rows, args, results, sampler)
+        elapsed = _drive(url, rows, options, results, sampler)
     finally:
         if sampler:
             sampler.stop()
@@ -263,11 +276,11 @@ def run(args: argparse.Namespace) -> dict:
             if server.process.poll() is not None:
                 report["server_exit"] = server.process.returncode
             server.stop()
-    report.update(_summary(results, elapsed, args))
+    report.update(_summary(results, elapsed, options))
     ok = report["failures"] == 0 and len(results) > 0
     if sampler and sampler.samples:
-        report["memory_mb"], growth = _memory(sampler, len(results), args.max_growth_mb)
-        report["memory_flat"] = growth <= args.max_growth_mb
+        report["memory_mb"], growth = _memory(sampler, len(results), options.max_growth_mb)
+        report["memory_flat"] = growth <= options.max_growth_mb
         ok = ok and report["memory_flat"]
     if report.get("server_exit") is not None:
         ok = False
@@ -275,15 +288,15 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def _target(args: argparse.Namespace) -> tuple[str, PageProcess | None]:
+def _target(settings: Settings, options: Options) -> tuple[str, PageProcess | None]:
     """The URL to drive: --url, or a page started here (returned so it can be stopped)."""
-    if args.url:
-        if not re.match(r"https?://(127\.0\.0\.1|localhost|\[::1\])[:/]", args.url):
-            raise SystemExit("--url must point at a loopback address (127.0.0.1, localhost, [::1])")
-        return args.url, None
-    log_path = Path(args.log or tempfile.mkstemp(prefix="ftchat-loadtest-", suffix=".log")[1])
-    server = start_server(args.index_dir, log_path)
-    print(f"starting app.py on {server.url} (log: {log_path})", flush=True)
+    if options.url:
+        if not re.match(r"https?://(127\.0\.0\.1|localhost|\[::1\])[:/]", options.url):
+            raise LoadTestError("--url must point at a loopback address (127.0.0.1, localhost, [::1])")
+        return options.url, None
+    log_path = Path(options.log or tempfile.mkstemp(prefix="ftchat-loadtest-", suffix=".log")[1])
+    server = start_server(settings, log_path)
+    print(f"starting the page on {server.url} (log: {log_path})", flush=True)
     try:
         start_seconds = server.wait_ready(START_TIMEOUT_S)
     except RuntimeError:
@@ -304,31 +317,31 @@ def _warm_up(url: str) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def _drive(url: str, rows: list[dict], args: argparse.Namespace, results: list[Result],
+def _drive(url: str, rows: list[dict], options: Options, results: list[Result],
            sampler: MemorySampler | None) -> float:
     """All sessions at once, each in its own thread; the seconds they took."""
-    plans = [plan(rows, args.questions, args.seed + s) for s in range(args.sessions)]
+    plans = [plan(rows, options.questions, options.seed + s) for s in range(options.sessions)]
     lock = threading.Lock()
-    deadline = time.monotonic() + args.time_limit
+    deadline = time.monotonic() + options.time_limit
     started = time.perf_counter()
     threads = [
         threading.Thread(target=run_session, name=f"session-{s}",
-                         args=(url, s, plans[s], deadline, results, lock, sampler, args.k))
-        for s in range(args.sessions)
+                         args=(url, s, plans[s], deadline, results, lock, sampler, options.k))
+        for s in range(options.sessions)
     ]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=args.time_limit + 600)
+        t.join(timeout=options.time_limit + 600)
     return time.perf_counter() - started
 
 
-def _summary(results: list[Result], elapsed: float, args: argparse.Namespace) -> dict:
+def _summary(results: list[Result], elapsed: float, options: Options) -> dict:
     failures = [r for r in results if r.problems]
     seconds = [r.seconds for r in results if not r.problems]
     server_ms = [r.server_ms for r in results if r.server_ms is not None and not r.problems]
     follow_ups = [r for r in results if r.kind == "follow-up" and not r.problems]
-    planned = args.sessions * args.questions
+    planned = options.sessions * options.questions
     return dict(
         planned=planned,
         completed=len(results),
@@ -371,45 +384,14 @@ def _memory(sampler: MemorySampler, answers: int, bound_mb: float) -> tuple[dict
     }, growth
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", type=int, default=8, help="concurrent sessions (default 8)")
-    parser.add_argument("--questions", type=int, default=25, help="questions per session (default 25)")
-    parser.add_argument("--time-limit", type=float, default=3600,
-                        help="seconds after which no new question is asked (default 3600)")
-    parser.add_argument("--max-growth-mb", type=float, default=150,
-                        help="allowed RSS growth after the first quarter of the run (default 150)")
-    parser.add_argument("--k", type=int, default=0, help="passages per question (0: the app's default)")
-    parser.add_argument("--seed", type=int, default=1, help="seed for the question plans")
-    parser.add_argument("--eval-file", type=Path, default=EVAL_FILE)
-    parser.add_argument("--index-dir", type=Path, default=None,
-                        help="index folder for the app (default: FTCHAT_INDEX_DIR or ./index)")
-    parser.add_argument("--url", help="drive an app already running on a loopback address instead")
-    parser.add_argument("--pid", type=int, help="with --url: the server's process id, to sample its memory")
-    parser.add_argument("--log", help="where to write the app's log (default: a temp file)")
-    parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
-    args = parser.parse_args(argv)
-    if args.sessions < 1 or args.questions < 1:
-        parser.error("--sessions and --questions must be at least 1")
-
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
-    print(text)
+def summary_line(report: dict) -> str:
+    """The run in one line, PASSED or FAILED at its end."""
     m = report.get("memory_mb", {})
     lat = report["latency_seconds"]
-    print(
-        f"\n{report['sessions']} sessions x {report['questions_per_session']} questions: "
+    return (
+        f"{report['sessions']} sessions x {report['questions_per_session']} questions: "
         f"{report['completed']}/{report['planned']} done, {report['failures']} failures; "
         f"latency p50 {lat['p50']} s, p95 {lat['p95']} s (server answer p50 "
         f"{report['server_answer_ms']['p50']} ms); RSS {m.get('before')} -> {m.get('after')} MB "
-        f"(peak {m.get('peak')} MB); {'PASSED' if report['passed'] else 'FAILED'}",
-        flush=True,
+        f"(peak {m.get('peak')} MB); {'PASSED' if report['passed'] else 'FAILED'}"
     )
-    return 0 if report["passed"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
