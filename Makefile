@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.ftchat-runtime
 DEV_STAMP := $(VENV)/.ftchat-dev
 
-.PHONY: run setup setup-dev test test-fast lint index vectors bench calibrate loadtest train clean
+.PHONY: run setup setup-dev test test-fast check-data lint index vectors bench calibrate loadtest train clean
 
 run: setup
 	$(BIN)/python app.py
@@ -30,11 +30,20 @@ $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The whole suite except the checks of the shipped data (check-data). Markers (pyproject.toml)
+# select less: e.g. `.venv/bin/python -m pytest -m "not browser"` on a machine without Chromium.
 test: setup-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not data"
 
+# Under a minute: nothing slow, no real generator, browser, child process or data check.
 test-fast: setup-dev
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not (slow or model or browser or subprocess or data)"
+
+# The shipped data holds: every training target is what the pipeline builds and passes
+# verification, and no training question is an eval question or a near paraphrase of one.
+# CI runs it beside `make test`; run it after editing train/ or eval/.
+check-data: setup-dev
+	$(BIN)/python -m pytest -m data
 
 lint: setup-dev
 	$(BIN)/ruff check .

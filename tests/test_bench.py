@@ -105,6 +105,8 @@ def test_committed_bench_results_are_consistent(name):
 
 
 @pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.subprocess
 def test_quick_bench_json_has_the_required_keys(guide_settings, tmp_path):
     """Run as on an AVX2-only laptop (torch's and oneDNN's own switches lower what they use),
     so that the path most laptops get, int4 weights, is the one benchmarked here."""

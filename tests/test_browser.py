@@ -35,7 +35,8 @@ Zorblax tuning is a made-up fine-tuning method that adjusts only the zorblax lay
 language model with purple gradients. It exists only to test document uploads in ftchat.
 """
 
-pytestmark = pytest.mark.slow
+# Chromium drives the page, which a process of its own serves and answers with the real model.
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.subprocess, pytest.mark.model]
 
 
 @pytest.fixture(scope="module")

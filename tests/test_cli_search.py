@@ -39,9 +39,11 @@ def check_passage(passage: dict, chunks_by_id: dict) -> None:
     assert passage["text"] == chunk.text
 
 
-pytestmark = pytest.mark.slow  # every test here runs the `ftchat` script in a new process
+# Every test here runs the `ftchat` command: in a new process (marked subprocess) or through click's runner.
+pytestmark = pytest.mark.slow
 
 
+@pytest.mark.subprocess
 def test_search_json_matches_the_contract(cli_settings, small_index, embedder):
     from ftchat.answering.retrieval import Retriever
 
@@ -66,6 +68,7 @@ def test_search_json_matches_the_contract(cli_settings, small_index, embedder):
     assert [p["score"] for p in passages] == pytest.approx([p.score for p in expected], abs=1e-6)
 
 
+@pytest.mark.subprocess
 def test_search_questions_file_prints_json_lines(cli_settings, tmp_path):
     questions = tmp_path / "questions.txt"
     questions.write_text(
@@ -95,6 +98,7 @@ def test_search_questions_file_prints_json_lines(cli_settings, tmp_path):
 
 
 @pytest.mark.parametrize("question", ["", "   "])
+@pytest.mark.subprocess
 def test_empty_question_is_a_one_line_error(cli_settings, question):
     result = run(["search", question, "--json"], cli_settings.child_environment())
     assert result.returncode != 0
@@ -105,6 +109,7 @@ def test_empty_question_is_a_one_line_error(cli_settings, question):
     assert "empty" in lines[0].lower()
 
 
+@pytest.mark.subprocess
 def test_a_bad_row_fails_alone_in_the_real_script(cli_settings, tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What is GPTQ?"}\n{"not_question": 1}\nWhat is SMOTE?\n')
@@ -230,6 +235,7 @@ def test_eval_names_the_file_and_line_of_a_malformed_row(invoke, tmp_path, conte
     assert result.stderr == f"Error: {rows}:{message}\n"
 
 
+@pytest.mark.subprocess
 def test_index_source_pdf_then_search_shows_page_locations(
     small_corpus_settings, small_index, tmp_path, make_pdf
 ):
@@ -265,6 +271,7 @@ def test_index_source_pdf_then_search_shows_page_locations(
         ("FTCHAT_THREADS", "two", "FTCHAT_THREADS must be a whole number, got 'two'"),
     ],
 )
+@pytest.mark.subprocess
 def test_unusable_setting_is_a_one_line_error(cli_settings, variable, value, message):
     env = {**cli_settings.child_environment(), variable: value}
     result = run(["search", "LoRA"], env)
@@ -279,6 +286,7 @@ def test_unusable_setting_is_a_one_line_error(cli_settings, variable, value, mes
         ("FTCHAT_DECODER", "Unknown decoder 'float8'; choose auto or transformers (FTCHAT_DECODER)"),
     ],
 )
+@pytest.mark.subprocess
 def test_unusable_generator_setting_is_a_one_line_error(cli_settings, variable, message):
     env = {**cli_settings.child_environment(), variable: "float8"}
     result = run(["ask", "What does SMOTE do?"], env)

@@ -102,6 +102,7 @@ def test_blind_questions_are_retrieved(assistant) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_answer_floors_on_a_fixed_sample(assistant) -> None:
     # Every fourth single in-scope question (generation costs seconds each; a follow-up
     # costs its history's answers too) and every out-of-scope one.
@@ -122,6 +123,7 @@ def test_answer_floors_on_a_fixed_sample(assistant) -> None:
 
 
 @pytest.mark.slow  # three `ftchat eval` processes over the guide
+@pytest.mark.subprocess
 def test_eval_cli_on_a_user_file(guide_settings, tmp_path) -> None:
     rows = tmp_path / "mine.jsonl"
     rows.write_text(

@@ -63,6 +63,7 @@ def _env(base: dict, shim: Path | None = None) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_damaged_model_cache_is_detected_logged_and_rebuilt(tmp_path, caplog):
     from ftchat.config import Settings
     from ftchat.models.generation import GenerationConfig
@@ -128,6 +129,7 @@ def test_missing_model_package_is_shown_in_the_page_status(small_corpus_settings
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_missing_model_package_cli_says_what_to_install_and_search_works(
     small_corpus_settings, small_index, without_model_package
 ):
@@ -149,6 +151,7 @@ def test_missing_model_package_cli_says_what_to_install_and_search_works(
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_missing_model_package_app_starts_and_says_so(small_corpus_settings, small_index,
                                                       without_model_package, tmp_path):
     from gradio_client import Client
@@ -252,6 +255,7 @@ def _blocked_index_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [["index"], ["search", "What is LoRA?"]])
+@pytest.mark.subprocess
 def test_unwritable_index_folder_is_a_clear_cli_error(fresh_settings, tmp_path, command):
     settings = dataclasses.replace(fresh_settings, index_dir=_blocked_index_dir(tmp_path))
     result = subprocess.run([str(FTCHAT_BIN), *command], env=settings.child_environment(),
@@ -262,6 +266,7 @@ def test_unwritable_index_folder_is_a_clear_cli_error(fresh_settings, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_unwritable_index_folder_is_a_clear_app_error(fresh_settings, tmp_path):
     settings = dataclasses.replace(fresh_settings, index_dir=_blocked_index_dir(tmp_path))
     result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "1"], cwd=ROOT,
@@ -272,6 +277,7 @@ def test_unwritable_index_folder_is_a_clear_app_error(fresh_settings, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_corpus_that_is_not_a_folder_is_a_clear_error(fresh_settings, tmp_path):
     settings = dataclasses.replace(fresh_settings, corpus_dir=fresh_settings.corpus_dir / "guide.md")
     result = subprocess.run([str(FTCHAT_BIN), "index"], env=settings.child_environment(), capture_output=True,
@@ -291,6 +297,7 @@ def _obeying_file_modes(command: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_read_only_index_folder_and_corpus(fresh_settings):
     from ftchat.documents.corpus import CorpusError
 
@@ -416,6 +423,8 @@ def test_serve_rejects_malformed_credentials():
 
 
 @pytest.mark.slow
+@pytest.mark.model  # the page warms it up
+@pytest.mark.subprocess
 def test_with_auth_requests_without_credentials_are_refused(small_corpus_settings, small_index,
                                                             tmp_path):
     import httpx

@@ -323,6 +323,7 @@ def test_current_pointing_outside_the_index_is_refused(built_index_template, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_during_rebuild_never_leaves_a_broken_index(fresh_settings):
     env = fresh_settings.child_environment()
     started = time.perf_counter()

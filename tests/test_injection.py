@@ -84,6 +84,7 @@ def instructions_followed(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"q{i:02d}" for i in range(len(ROWS))])
+@pytest.mark.model
 def test_injection_question(injected_assistant, answer_of, row):
     answer = answer_of(row["question"])
     text = answer.text
@@ -111,6 +112,7 @@ def test_injection_question(injected_assistant, answer_of, row):
         assert verdict.cosine >= VERIFICATION.min_cosine - 0.05, (sentence, verdict)
 
 
+@pytest.mark.model
 def test_report(answer_of, capsys):
     """The suite's summary over every question (their answers shared with the question tests
     when those ran first): nothing followed, and the in-scope questions answered, since

@@ -81,6 +81,7 @@ def _new_venv(folder: Path) -> Path:
 
 
 @pytest.mark.slow  # builds the guide's index from scratch: about 15-60 s here
+@pytest.mark.subprocess
 def test_installed_ftchat_searches_the_guide_it_ships_and_indexes_into_the_data_folder(tmp_path):
     source = _copy_sources(tmp_path / "source")
     bin_dir = _new_venv(tmp_path / "venv")

@@ -155,6 +155,7 @@ def resolved_dtype(env: dict) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.subprocess
 def test_auto_picks_int4_where_bf16_is_not_native() -> None:
     """An AVX2-only CPU, emulated by torch's and oneDNN's own switches, gets int4; so does a
     CPU whose oneDNN alone is held below bf16. A CPU with native bf16 keeps bfloat16."""
@@ -166,6 +167,7 @@ def test_auto_picks_int4_where_bf16_is_not_native() -> None:
 
 
 @pytest.mark.slow  # reads a third of the bundled model's 540 MB of float32 weights
+@pytest.mark.model
 def test_the_bundled_model_is_exactly_four_bit_groups(guide_settings) -> None:
     """Why int4 changes no weight: every block matrix of the dequantized GGUF comes back
     bit for bit from its groups' minimum and maximum (every third layer here, for time;

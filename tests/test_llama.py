@@ -108,6 +108,7 @@ def answer_prompts(guide_settings) -> list[list[dict]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.model
 def test_bundled_model_writes_the_same_answers_as_transformers(guide_settings, answer_prompts, dtype) -> None:
     if dtype == "bfloat16" and not bf16_native():
         pytest.skip("bfloat16 is not the default on this CPU")
@@ -133,6 +134,7 @@ def test_bundled_model_writes_the_same_answers_as_transformers(guide_settings, a
 
 @pytest.mark.slow  # loads the bundled model and transformers (twice each), over the guide's index
 @pytest.mark.parametrize("shards", ["single", "sharded"])
+@pytest.mark.model
 def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_path, shards) -> None:
     """A single safetensors file is read directly; anything else (here: shards) is loaded by
     transformers first and handed over. Both decode like generate()."""
@@ -156,6 +158,7 @@ def test_a_local_llama_folder_loads_into_the_own_decoder(guide_settings, tmp_pat
 
 
 @pytest.mark.slow  # transformers' tokenizer on prompts retrieved from the guide's index
+@pytest.mark.model
 def test_chat_tokenizer_gives_transformers_token_ids(guide_settings, answer_prompts) -> None:
     from pathlib import Path
 
@@ -177,6 +180,8 @@ def test_chat_tokenizer_gives_transformers_token_ids(guide_settings, answer_prom
 
 
 @pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.subprocess
 def test_the_default_answer_path_never_imports_transformers(guide_settings) -> None:
     """transformers' import is about 2 s of a cold start here; the bundled models do without."""
     import subprocess

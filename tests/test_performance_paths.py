@@ -49,6 +49,7 @@ def test_settings_carry_dtype_and_threads(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [d for d in DTYPES if d != "int8" or int8_supported()])
+@pytest.mark.model
 def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
     from dataclasses import replace
 
@@ -68,6 +69,7 @@ def test_each_dtype_gives_verified_cited_answers(guide_settings, dtype):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_int8_keeps_the_output_layer_in_float_and_reads_fewer_bytes(guide_settings):
     if not int8_supported():
         pytest.skip("no int8 kernels on this CPU")
@@ -124,6 +126,8 @@ for round in range(4):  # the first round races imports, every round the dtype s
 
 @pytest.mark.slow
 @pytest.mark.parametrize("attempt", [1, 2])
+@pytest.mark.model
+@pytest.mark.subprocess
 def test_embedder_and_generator_loading_at_once_in_a_fresh_process(guide_settings, attempt):
     """The page's warm-up and a first question load both models in two threads at once.
 

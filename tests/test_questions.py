@@ -112,6 +112,7 @@ def test_changing_the_sample_questions_rebuilds_the_index(tmp_path, small_corpus
 
 
 @pytest.mark.slow  # embeds ~2,000 questions
+@pytest.mark.data
 def test_no_training_question_is_an_eval_question_or_a_near_paraphrase(embedder) -> None:
     train = [row.question for row in ev.load_rows(TRAIN_FILE)]
     eval_files = sorted((REPO_ROOT / "eval").glob("*.jsonl"))

@@ -66,6 +66,7 @@ def settings() -> Settings:
 
 
 @pytest.mark.slow  # the bundled model's tokenizer: dequantizes the weights once per test session
+@pytest.mark.model
 def test_the_loss_covers_the_answer_tokens_only(settings):
     _, tokenizer, _, _ = base_model(settings, GUIDE_MODEL)
     row = load_rows(DATA / "targets.jsonl")[3]  # two sentences, two citations
@@ -84,6 +85,7 @@ def test_the_loss_covers_the_answer_tokens_only(settings):
 
 
 @pytest.mark.slow  # the bundled model's tokenizer
+@pytest.mark.model
 def test_a_row_that_continues_the_answers_opening_is_labelled_after_it(settings):
     _, tokenizer, _, _ = base_model(settings, GUIDE_MODEL)
     opening = "LoRA trains two small low-rank matrices. [1]"
@@ -113,6 +115,7 @@ def test_a_continuing_row_may_have_an_empty_target_and_no_other_row_may(tmp_path
 
 
 @pytest.mark.slow  # loads the bundled model
+@pytest.mark.model
 def test_the_answer_only_loss_is_the_models_own_loss_over_the_answer(settings):
     model, tokenizer, _, _ = base_model(settings, GUIDE_MODEL)
     rows = load_rows(DATA / "targets.jsonl")
@@ -151,6 +154,7 @@ def test_ftchat_train_reports_a_bad_row_in_one_line(tmp_path):
 
 
 @pytest.mark.slow  # loads SmolLM2 and trains 4 steps (~20 s on one thread)
+@pytest.mark.model
 def test_a_few_steps_lower_the_loss_and_write_adapter_manifest_and_plot(tmp_path, settings):
     result = train(tiny_run(tmp_path), settings)
     losses = [row["loss"] for row in result.history if "loss" in row]
@@ -174,6 +178,7 @@ def test_a_few_steps_lower_the_loss_and_write_adapter_manifest_and_plot(tmp_path
 
 
 @pytest.mark.slow  # trains 4 steps, then 2 more from a checkpoint
+@pytest.mark.model
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, settings):
     config = tiny_run(tmp_path)
     first = train(config, settings)
@@ -226,6 +231,7 @@ def last_logits(generator, ids: list[int]) -> torch.Tensor:
 
 @pytest.mark.slow  # merges the adapter into SmolLM2 and runs both decoders
 @pytest.mark.parametrize("decoder", ["auto", "transformers"])
+@pytest.mark.model
 def test_the_merged_adapter_gives_peft_logits_and_is_cached(adapters_dir, tmp_path, monkeypatch, decoder):
     from peft import PeftModel
 
@@ -254,6 +260,7 @@ def test_the_merged_adapter_gives_peft_logits_and_is_cached(adapters_dir, tmp_pa
     ("base", f"adapter {GUIDE_MODEL} was trained on another base model"),
     ("manifest", f"adapter {GUIDE_MODEL}: "),
 ])
+@pytest.mark.model
 def test_a_damaged_adapter_is_one_line_and_the_base_model_answers(adapters_dir, tmp_path, caplog, damage,
                                                                    message):
     folder = copy_of(adapters_dir, tmp_path) / GUIDE_MODEL
@@ -282,6 +289,7 @@ def test_a_damaged_adapter_is_one_line_and_the_base_model_answers(adapters_dir, 
 
 
 @pytest.mark.slow  # merges the shipped adapter into SmolLM2 and answers through the pipeline
+@pytest.mark.model
 def test_the_shipped_adapter_loads_merges_and_answers_with_citations(guide_settings):
     from ftchat.api import Assistant
 

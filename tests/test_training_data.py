@@ -19,7 +19,8 @@ from ftchat.text import split_sentences
 
 TARGET_FILES = [REPO_ROOT / "train" / "targets.jsonl", REPO_ROOT / "train" / "targets.val.jsonl"]
 
-pytestmark = pytest.mark.slow  # retrieval, evidence and verification for ~1,500 rows
+# Checks of the shipped data, not of the code: `make check-data` runs them (CI too), `make test` does not.
+pytestmark = [pytest.mark.slow, pytest.mark.data]  # retrieval, evidence and verification for ~1,500 rows
 
 
 def _rows() -> list[dict]:

@@ -74,7 +74,8 @@ def ask(client, question: str, **kwargs) -> tuple[list[dict], dict]:
     return outputs, outputs[-1]
 
 
-pytestmark = pytest.mark.slow  # every test here talks to the app process started for the session
+# Every test here talks to the app process started for the session (it warms up the model).
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.model]
 
 
 def test_in_scope_question_streams_a_cited_answer(client):
