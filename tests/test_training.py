@@ -52,14 +52,15 @@ def tiny_run(tmp_path: Path, **changes) -> TrainConfig:
         train_file=DATA / "targets.jsonl", val_file=DATA / "targets.val.jsonl",
         output_dir=tmp_path / "adapters" / GUIDE_MODEL, work_dir=tmp_path / "work",
         rank=4, alpha=8, dropout=0.0, learning_rate=1e-3, warmup=0.0, max_steps=4, batch_size=4, grad_accum=1,
-        save_steps=2, eval_steps=2, logging_steps=1, threads=1, progress_bar=False,
+        save_steps=2, eval_steps=2, logging_steps=1, progress_bar=False,
     )
     return replace(config, **changes)
 
 
 @pytest.fixture(scope="module")
 def settings() -> Settings:
-    return Settings(threads=1)
+    # torch's own thread count: a count set here would stay for the rest of the session.
+    return Settings()
 
 
 # --- The loss mask -------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_ftchat_train_reports_a_bad_row_in_one_line(tmp_path):
 # --- Training ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # loads SmolLM2 and trains 4 steps (~20 s on one thread)
+@pytest.mark.slow  # loads SmolLM2 and trains 4 steps
 @pytest.mark.model
 def test_a_few_steps_lower_the_loss_and_write_adapter_manifest_and_plot(tmp_path, settings):
     result = train(tiny_run(tmp_path), settings)
@@ -236,7 +237,7 @@ def test_the_merged_adapter_gives_peft_logits_and_is_cached(adapters_dir, tmp_pa
     from peft import PeftModel
 
     folder = copy_of(adapters_dir, tmp_path)
-    settings = Settings(model=GUIDE_MODEL, adapters_dir=folder, dtype="float32", decoder=decoder, threads=1)
+    settings = Settings(model=GUIDE_MODEL, adapters_dir=folder, dtype="float32", decoder=decoder)
     merged = load_generator(settings)
     assert merged.name == GUIDE_MODEL and merged.backend.startswith(
         "ftchat-llama" if decoder == "auto" else "transformers")
@@ -274,7 +275,7 @@ def test_a_damaged_adapter_is_one_line_and_the_base_model_answers(adapters_dir, 
         (folder / MANIFEST).write_text(json.dumps(manifest))
     else:
         (folder / MANIFEST).unlink()
-    settings = Settings(model=GUIDE_MODEL, adapters_dir=folder.parent, threads=1)
+    settings = Settings(model=GUIDE_MODEL, adapters_dir=folder.parent)
     with caplog.at_level(logging.WARNING, logger="ftchat"):
         generator = load_generator(settings)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -297,7 +298,7 @@ def test_the_shipped_adapter_loads_merges_and_answers_with_citations(guide_setti
     manifest = verify_adapter(folder)  # its file is the one its manifest describes
     assert (folder / ADAPTER_FILE).stat().st_size <= 20 * 1024 * 1024 and (folder / PLOT_FILE).is_file()
     assert manifest["base"]["sha256"] == sha256_file(preset_gguf(PRESETS[DEFAULT_MODEL]))
-    assistant = Assistant(replace(guide_settings, model=GUIDE_MODEL, threads=1))
+    assistant = Assistant(replace(guide_settings, model=GUIDE_MODEL))
     assert assistant.load_generator().name == GUIDE_MODEL and assistant.load_generator().continues_opening
     answer = assistant.ask("How does QLoRA save memory?")
     assert answer.answerable and answer.model == GUIDE_MODEL and answer.mode in {"generated", "extractive"}
