@@ -362,7 +362,8 @@ def serve(host: str | None, port: int | None, auth: str | None, share: bool) -> 
               help="Also save the JSON results to PATH.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the Markdown table to PATH (the README shows bench/results.md).")
-@click.option("--quick", is_flag=True, help="Fewer repeats and no slow baselines (same keys, for tests).")
+@click.option("--quick", is_flag=True,
+              help="One question, fewer repeats, no slow baselines (same keys, for tests).")
 def bench(as_json: bool, write_path: Path | None, markdown_path: Path | None, quick: bool) -> None:
     """Measure speed and memory on this machine, next to a naive baseline (~5 min).
 

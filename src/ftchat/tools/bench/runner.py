@@ -27,7 +27,8 @@ from ftchat.tools.bench.timings import (
 
 
 def run(settings: Settings | None = None, quick: bool = False) -> dict:
-    """The whole benchmark. `quick` trims repeats and baselines (for tests), same keys."""
+    """The whole benchmark. `quick` (for tests) asks one question where a full run asks all,
+    with fewer repeats and baselines; the keys are the same."""
     from ftchat.api import Assistant
 
     settings = settings or Settings()
@@ -66,6 +67,11 @@ def run(settings: Settings | None = None, quick: bool = False) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()}
 
 
+def _answer_questions(quick: bool) -> list[str]:
+    """The questions whose whole answers are timed: one in a quick run, every one otherwise."""
+    return ANSWER_QUESTIONS[:1] if quick else ANSWER_QUESTIONS
+
+
 def _bench_cold_starts(settings: Settings, quick: bool) -> dict:
     log("cold start to a first answer (fresh process, warm caches)")
     cold = [cold_start_answer(settings, ANSWER_QUESTIONS[0]) for _ in range(1 if quick else 3)]
@@ -78,7 +84,7 @@ def _bench_cold_starts(settings: Settings, quick: bool) -> dict:
     log("cold start to a usable page")
     result["cold_start_page_s"] = cold_start_page(settings)
     log("first visible text on the page (its own event stream)")
-    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
+    questions = _answer_questions(quick)
     result.update(bench_first_visible_text(settings, questions, 1 if quick else 3))
     return result
 
@@ -98,7 +104,7 @@ def _bench_model(assistant, so_far: dict, quick: bool, repeats: int) -> dict:
     result["bandwidth_bound_tokens_per_s"] = bound
     result["decode_fraction_of_bound"] = result["decode_tokens_per_s"] / bound
     log("answers")
-    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
+    questions = _answer_questions(quick)
     result.update(bench_answers(assistant, questions, 1 if quick else 2))
     return result
 
@@ -124,7 +130,7 @@ def _bench_float32_path(assistant, quick: bool) -> dict:
     settings = replace(assistant.settings, dtype="float32", decoder="auto")
     log("ftchat's float32 path: answers, and teacher-forced agreement")
     reference = get_generator(settings)
-    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
+    questions = _answer_questions(quick)
     answers = bench_answers(_same_index(assistant, settings), questions, 1 if quick else 2)
     result = {"float32_first_token_ms_p50": answers["first_token_ms_p50"],
               "float32_answer_ms_p50": answers["answer_ms_p50"]}
@@ -140,7 +146,7 @@ def bench_presets(assistant, quick: bool) -> dict:
     from ftchat.models.presets import DEFAULT_MODEL, GUIDE_MODEL
 
     figures = {}
-    questions = ANSWER_QUESTIONS[:2] if quick else ANSWER_QUESTIONS
+    questions = _answer_questions(quick)
     for name in (DEFAULT_MODEL, GUIDE_MODEL):
         log(f"answers with the preset {name}")
         settings = replace(assistant.settings, model=name)
