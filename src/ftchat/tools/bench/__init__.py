@@ -12,8 +12,8 @@ with numpy, and decoding is reported as a fraction of that bound.
 The modules, in the order a run uses them:
 
     probe        the machine: CPU, threads, dtype chosen, memory read bandwidth
-    cold_start   fresh `ftchat` processes: to a first answer, to a usable page; peak memory
-    page_client  the page's own event stream: first visible text, as a reader's tab gets it
+    cold_start   fresh `ftchat` processes: to a first answer; peak memory
+    page_client  a fresh page: to usable, then first visible text on its own event stream
     timings      in this process: retrieval, decoding, whole answers, agreement, index builds
     runner       `run`: all of the above with their baselines, as one result
     report       the result as JSON and as the Markdown table the README shows

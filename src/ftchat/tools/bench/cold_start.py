@@ -1,6 +1,7 @@
-"""Fresh `ftchat` processes, as a user starts them: the seconds to a first answer and to a
-usable page, and a process's own peak memory. Each child reads the bench's settings
-(Settings.child_environment), not whatever FTCHAT_* the parent's environment held."""
+"""Fresh `ftchat` processes, as a user starts them: the seconds to a first answer, and a
+process's own peak memory (the seconds to a usable page are page_client's, on its page).
+Each child reads the bench's settings (Settings.child_environment), not whatever FTCHAT_*
+the parent's environment held."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,18 +62,3 @@ def _peak_rss_mb(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def cold_start_page(settings: Settings, timeout: float = 180.0) -> float | None:
-    """A fresh `ftchat serve` process until the page says it is ready."""
-    from ftchat.page.serve import PageProcess
-
-    with tempfile.TemporaryDirectory(prefix="ftchat-bench-") as folder:
-        page = PageProcess(Path(folder) / "page.log", env=settings.child_environment(),
-                           command=[*ftchat_command(), "serve"])
-        try:
-            return page.wait_ready(timeout)
-        except RuntimeError:
-            return None
-        finally:
-            page.stop()

@@ -87,9 +87,10 @@ def _message_text(message: dict) -> str:
 
 def bench_first_visible_text(settings: Settings, questions: list[str], repeats: int,
                              timeout: float = 180.0) -> dict:
-    """A fresh `ftchat serve`; each question asked in a new tab's session, after one warm-up
-    question (the model loaded). First visible text: from the click on Ask until the page
-    receives the first update of the conversation that shows answer text (not a status)."""
+    """A fresh `ftchat serve`: the seconds until it says it is ready (cold_start_page_s), then
+    each question asked in a new tab's session, after one warm-up question (the model
+    loaded). First visible text: from the click on Ask until the page receives the first
+    update of the conversation that shows answer text (not a status)."""
     import httpx
 
     from ftchat.page.serve import PageProcess
@@ -98,7 +99,7 @@ def bench_first_visible_text(settings: Settings, questions: list[str], repeats: 
         page = PageProcess(Path(folder) / "page.log", env=settings.child_environment(),
                            command=[*ftchat_command(), "serve"])
         try:
-            page.wait_ready(timeout)
+            ready_s = page.wait_ready(timeout)
             with httpx.Client(timeout=timeout) as client:
                 PageSession(client, page.url).ask(questions[0])  # warm-up: model loaded
                 times = [PageSession(client, page.url).ask(q) for _ in range(repeats) for q in questions]
@@ -106,6 +107,7 @@ def bench_first_visible_text(settings: Settings, questions: list[str], repeats: 
             page.stop()
     shown = [t for t in times if t is not None]
     return {
+        "cold_start_page_s": ready_s,
         "first_visible_text_ms_p50": p50(shown) if shown else None,
         "first_visible_text_ms_p95": p95(shown) if shown else None,
         "first_visible_text_runs": len(times),
