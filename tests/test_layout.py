@@ -23,3 +23,13 @@ def test_imports_run_downward_without_circles():
     result = subprocess.run([str(lint_imports), "--no-cache", "--config", str(REPO_ROOT / ".importlinter")],
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """The editable install finds any folder; a built wheel holds only the listed packages."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    source = REPO_ROOT / "src"
+    found = {".".join(p.parent.relative_to(source).parts) for p in source.glob("ftchat/**/__init__.py")}
+    assert found <= listed, sorted(found - listed)
