@@ -162,13 +162,13 @@ class Assistant:
         check = StreamCheck(evidence, self.retriever.embedder, opening=True)
         if check.text:
             yield check.text
-        if not self.generator_loaded():
-            loading = time.perf_counter()
-            self.load_generator()
-            turn.exclude_loading(time.perf_counter() - loading)
+        loaded_before, loading = self.generator_loaded(), time.perf_counter()
         generator = self.load_generator()
+        if not loaded_before:
+            turn.exclude_loading(time.perf_counter() - loading)
         tokens = 0
-        messages = self._messages(turn, evidence, check.text, history)
+        start = check.text if generator.continues_opening else ""
+        messages = self._messages(turn, evidence, start, history)
         config = GenerationConfig(max_new_tokens=self.settings.max_new_tokens)
         with closing(generator.stream(messages, config)) as pieces:
             for piece in pieces:
@@ -195,13 +195,12 @@ class Assistant:
         return gate.decide(turn.passages, question=turn.question, query=turn.query,
                            keyword=self.index.keyword, threshold=self.settings.gate_threshold)
 
-    def _messages(self, turn: _Turn, evidence: EvidenceSet, opening: str,
+    def _messages(self, turn: _Turn, evidence: EvidenceSet, start: str,
                   history: list[str] | None) -> list[dict]:
         # The earlier question as the model sees it: cut like any question, so that a huge
         # paste earlier in the conversation cannot overflow the model's context.
         cut = self.settings.max_question_chars
         context = history[-1][:cut] if history and turn.query != turn.question else None
-        start = opening if self.load_generator().continues_opening else ""
         return build_messages(turn.question, evidence, context, start)
 
     def evidence(self, question: str, history: list[str] | None = None,
