@@ -99,7 +99,7 @@ def test_installed_ftchat_searches_the_guide_it_ships_and_indexes_into_the_data_
 
     result = subprocess.run(
         [bin_dir / "ftchat", "search", "What is LoRA?", "--json"],
-        capture_output=True, text=True, env=env, cwd=elsewhere, timeout=900,
+        capture_output=True, text=True, env={**env, "FTCHAT_RANKER": "on"}, cwd=elsewhere, timeout=900,
     )
 
     assert result.returncode == 0, result.stderr
@@ -107,6 +107,9 @@ def test_installed_ftchat_searches_the_guide_it_ships_and_indexes_into_the_data_
     guide_files = {f"corpus/{p.name}" for p in (REPO_ROOT / "corpus").glob("*.md")}
     assert passages and passages[0]["source"] in guide_files, passages[:1]
     assert "LoRA" in passages[0]["title"]
+    # The learned ranker (off by default) is package data too: switched on, it reordered the
+    # passages, with no warning.
+    assert passages[0]["learned_score"] is not None and "ranker" not in result.stderr.lower()
     index_dir = data / "ftchat" / "index"
     assert (index_dir / "CURRENT").is_file(), sorted(str(p) for p in tmp_path.rglob("CURRENT"))
     version = index_dir / (index_dir / "CURRENT").read_text().strip()

@@ -27,6 +27,7 @@ from ftchat.answering.evidence import EvidenceSet, remember_unit_vectors, select
 from ftchat.answering.gate import GateDecision
 from ftchat.answering.policy import EVIDENCE
 from ftchat.answering.prompt import build_messages
+from ftchat.answering.rerank import load_ranker
 from ftchat.answering.retrieval import Passage, Retriever, clean_question
 from ftchat.answering.streamcheck import StreamCheck
 from ftchat.config import Settings
@@ -67,7 +68,8 @@ class Assistant:
         with self._lock:
             if self._retriever is None:
                 embedder = get_embedder(self.settings.embedder)
-                self._retriever = Retriever(index, embedder, self.settings)
+                ranker = load_ranker(self.settings.ranker_file) if self.settings.ranker_file else None
+                self._retriever = Retriever(index, embedder, self.settings, ranker)
                 self._remember_shipped_sentences(index, embedder)
             return self._retriever
 
@@ -151,7 +153,7 @@ class Assistant:
         turn = self._retrieve(question, history or [], k)
         decision = self._gate(turn)
         if not decision.answerable:
-            turn.passages = gate.closest_sections(turn.passages, self.settings.gate_threshold)
+            turn.passages = gate.closest_sections(turn.passages)
             text = gate.declined_text(turn.passages, decision.unknown_names)
             yield text
             yield turn.answer(text=text, mode=AnswerMode.DECLINED)
@@ -193,7 +195,8 @@ class Assistant:
 
     def _gate(self, turn: _Turn) -> GateDecision:
         return gate.decide(turn.passages, question=turn.question, query=turn.query,
-                           keyword=self.index.keyword, threshold=self.settings.gate_threshold)
+                           keyword=self.index.keyword, threshold=self.settings.gate_threshold,
+                           learned_threshold=self.settings.learned_gate_threshold)
 
     def _messages(self, turn: _Turn, evidence: EvidenceSet, start: str,
                   history: list[str] | None) -> list[dict]:

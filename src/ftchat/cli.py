@@ -250,7 +250,9 @@ def chat(model: str | None) -> None:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--retrieval-only", is_flag=True, help="Skip answering (fast: retrieval and gate only).")
-@click.option("--calibrate", is_flag=True, help="Recalibrate the gate threshold on the FILES and save it.")
+@click.option("--calibrate", is_flag=True,
+              help="Refit the gate's threshold on the FILES (your own questions) and save it; "
+                   "the shipped one is fitted on train/ by `ftchat calibrate`.")
 @click.option("--model", default=None, help="Model preset, local folder or hub id.")
 def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, calibrate: bool,
                  model: str | None) -> None:
@@ -273,13 +275,14 @@ def eval_command(files: tuple[Path, ...], as_json: bool, retrieval_only: bool, c
     assistant = Assistant(_settings(model=model))
     report: dict = {"eval_file": ", ".join(str(p) for p in paths), "model": assistant.settings.model}
     if calibrate:
-        scores = ev.gate_scores(assistant, rows)
+        scores, measure = ev.gate_scores(assistant, rows)
         report["gate"] = {
             **gate.calibrate(scores),
+            "measure": measure,
             "calibrated_on": [p.name for p in paths],
             "cross_validated": gate.cross_validate(scores),
         }
-        ev.write_calibration(report["gate"])
+        ev.write_calibration(report["gate"], measure)
         assistant = Assistant(_settings(model=model))
     report["retrieval"] = asdict(ev.evaluate_retrieval(assistant, rows))
     if not retrieval_only:
@@ -470,6 +473,67 @@ def train(target_modules: str | None, **options: object) -> None:
     val = "none" if m["val_loss"] is None else f"{m['val_loss']:.4f}"
     click.echo(f"Adapter written to {result.adapter_dir}: {m['steps']} steps in {m['seconds']:.0f} s, "
                f"train loss {m['train_loss']}, validation loss {val} (work folder {result.work_dir})")
+
+
+@main.command(name="train-ranker")
+@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Training questions (default train/questions.jsonl).")
+@click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ranker file to write (default: the one shipped in the package).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Mined rows and mining indexes (default: the cache's ranker-training/).")
+def train_ranker(**options: object) -> None:
+    """Fit the learned ranker on the guide's questions (a few minutes on 2 cores).
+
+    Its candidates come from ftchat's own hybrid retrieval; the validation split chooses
+    its settings. Running the same command again reuses the folds already mined. Run
+    `ftchat calibrate` afterwards: the gate reads the ranker's score.
+    """
+    from ftchat.tools import ranker_training as rt
+
+    logging.getLogger("ftchat").setLevel(logging.INFO)
+    config = rt.RankerConfig().with_overrides(**options)
+    try:
+        m = rt.train_ranker(_settings(), config)
+    except rt.RankerDataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    v = m["validation"]
+    click.echo(f"Ranker written to {config.output_file} in {m['seconds']:.0f} s: validation recall@1 "
+               f"{v['recall_at_1']:.3f} reordering the top {m['depth']} (hybrid alone "
+               f"{v['hybrid_recall_at_1']:.3f}, {v['questions']} questions)")
+
+
+@main.command()
+@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Questions to fit on (default train/questions.jsonl).")
+@click.option("--save", is_flag=True, help="Write the fit to the package's gate.json (it then decides).")
+def calibrate(questions_file: Path | None, save: bool) -> None:
+    """Fit the not-covered gate's thresholds on train/, never on an eval set.
+
+    The cosine threshold is fitted on every training question, the learned ranker's (with
+    FTCHAT_RANKER=on) on the rows it never trained on. Each answers at least 98% of
+    in-scope questions and declines as many others as it can then. Printed; with --save,
+    also written to the package's gate.json.
+    """
+    from ftchat.config import GATE_FILE
+    from ftchat.tools import ranker_training as rt
+    from ftchat.tools.evaluation import write_calibration
+
+    config = rt.RankerConfig().with_overrides(questions_file=questions_file)
+    try:
+        result = rt.fit_gate(_settings(), config)
+    except rt.RankerDataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if save:
+        write_calibration(result)
+    for name, fit in (("cosine", result), ("learned", result.get("learned"))):
+        if fit:
+            cv = fit["cross_validated"]
+            click.echo(f"{name}: threshold {fit['threshold']} on {fit['in_scope_questions']} in-scope and "
+                       f"{fit['out_of_scope_questions']} out-of-scope questions; cross-validated "
+                       f"{cv['in_scope_accuracy']:.1%} answered, {cv['out_of_scope_accuracy']:.1%} declined")
+    where = f"saved to {GATE_FILE}" if save else "not saved: --save writes it"
+    click.echo(f"The fit reads the {result['measure']} score ({where}).")
 
 
 if __name__ == "__main__":

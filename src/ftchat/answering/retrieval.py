@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ftchat.answering.rerank import Candidate, LearnedRanker, features, section_votes
 from ftchat.config import Settings
 from ftchat.documents.chunking import Chunk
 from ftchat.index.store import Index
@@ -24,6 +25,7 @@ class Passage:
     dense: float  # cosine similarity between question and chunk
     keyword: float  # BM25 score
     asked: float = 0.0  # cosine to the nearest sample question about its section (questions.py)
+    learned: float | None = None  # the learned ranker's logit (rerank.py); None: not reranked
 
     def to_json(self) -> dict:
         return {
@@ -37,6 +39,7 @@ class Passage:
             "dense_score": round(self.dense, 4),
             "keyword_score": round(self.keyword, 4),
             "asked_score": round(self.asked, 4),
+            "learned_score": None if self.learned is None else round(self.learned, 4),
         }
 
 
@@ -50,16 +53,20 @@ def clean_question(question: str, settings: Settings) -> str:
 
 
 class Retriever:
-    def __init__(self, index: Index, embedder: Embedder, settings: Settings) -> None:
+    def __init__(self, index: Index, embedder: Embedder, settings: Settings,
+                 ranker: LearnedRanker | None = None) -> None:
         self.index = index
         self.embedder = embedder
         self.settings = settings
+        self.ranker = ranker  # None: the hybrid order stands
         titles = sorted({c.title for c in index.chunks})
         self._title_ids = {t: i for i, t in enumerate(titles)}
         self._chunk_title_ids = np.array([self._title_ids[c.title] for c in index.chunks], dtype=np.int64)
         self._question_title_ids = np.array(
             [self._title_ids[q.section] for q in index.questions], dtype=np.int64
         )
+        self._question_sections = [q.section for q in index.questions]
+        self._parents = {t.rsplit(" › ", 1)[0] for t in titles if " › " in t}
 
     def search(self, question: str, k: int | None = None, vector: np.ndarray | None = None) -> list[Passage]:
         """The k best passages for a question as typed; `vector` is its embedding when the
@@ -92,18 +99,33 @@ class Retriever:
             for d, s in zip(missing_dense, stored @ vector[0], strict=True):
                 dense_by_doc[d] = float(s)
         fused = self._fuse(dense_by_doc, keyword_scores, asked)
-        order = sorted(fused, key=lambda d: (-fused[d], d))[:k]
-        return [
-            Passage(
-                self.index.chunks[d],
-                fused[d],
-                rank,
-                dense_by_doc[d],
-                float(keyword_scores[d]),
-                float(asked[d]),
-            )
-            for rank, d in enumerate(order, start=1)
-        ]
+        order = sorted(fused, key=lambda d: (-fused[d], d))
+        passages = {
+            d: Passage(self.index.chunks[d], fused[d], rank, dense_by_doc[d], float(keyword_scores[d]),
+                       float(asked[d]))
+            for rank, d in enumerate(order[: max(k, self.ranker.depth if self.ranker else 0)], start=1)
+        }
+        learned = self._learned(query, vector[0], {d: passages[d] for d in order[: len(passages)]})
+        if learned:
+            order = sorted(learned, key=lambda d: -learned[d]) + order[len(learned):]
+        return [replace(passages[d], rank=rank, learned=learned.get(d))
+                for rank, d in enumerate(order[:k], start=1)]
+
+    def _learned(self, query: str, vector: np.ndarray, candidates: dict[int, Passage]) -> dict[int, float]:
+        """The learned ranker's logit for each of the hybrid's best `ranker.depth` passages
+        (`candidates`, by doc id in the hybrid order; rerank.py); empty without a ranker.
+        Below them the hybrid order stands."""
+        if self.ranker is None or not candidates:
+            return {}
+        top = list(candidates.items())[: self.ranker.depth]
+        rows = self.ranking_features(query, vector, [p for _, p in top])
+        return {d: float(s) for (d, _), s in zip(top, self.ranker.logits(rows), strict=True)}
+
+    def ranking_features(self, query: str, vector: np.ndarray, passages: list[Passage]) -> np.ndarray:
+        """What the learned ranker reads about each passage (rerank.FEATURES), row by row;
+        its training mines the same rows (tools/ranker_training.py)."""
+        votes = section_votes(vector, self.index.question_vectors, self._question_sections)
+        return features(query, [candidate(p) for p in passages], votes, self._parents)
 
     def _asked(self, vector: np.ndarray) -> np.ndarray:
         """Per chunk, the cosine between the question and the nearest sample question about
@@ -131,3 +153,9 @@ class Retriever:
             d: alpha * max(cosine, weight * float(asked[d])) + (1 - alpha) * float(keyword_scores[d]) * scale
             for d, cosine in dense_by_doc.items()
         }
+
+
+def candidate(passage: Passage) -> Candidate:
+    """What the learned ranker reads about a passage."""
+    return Candidate(passage.chunk.title, len(passage.chunk.text.split()), passage.dense,
+                     passage.keyword, passage.asked, passage.score, passage.rank)
