@@ -103,9 +103,9 @@ def test_answer_length_follows_the_question(embedder) -> None:
 def test_declines_name_only_sections_that_come_close() -> None:
     far = passage(("Key concepts", "Mixed precision training"), "Mixed precision ...", dense=0.14)
     near = passage(("Key concepts", "Regularization"), "Dropout ...", rank=2, dense=0.28)
-    assert gate.closest_sections([far], threshold=0.307) == []
+    assert gate.closest_sections([far]) == []
     assert gate.declined_text([]) == gate.NOT_COVERED
-    assert [p.chunk.title for p in gate.closest_sections([near, far], threshold=0.307)] == [
+    assert [p.chunk.title for p in gate.closest_sections([near, far])] == [
         "Key concepts › Regularization"]
 
 

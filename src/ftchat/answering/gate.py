@@ -8,6 +8,7 @@ by `calibrate` and saved to gate.json beside this module (read by config.Setting
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -42,16 +43,27 @@ Reason = Literal["similar", "rare title term", "unknown name", "not similar", "n
 @dataclass(frozen=True)
 class GateDecision:
     answerable: bool
-    score: float  # what the threshold is compared with: the best cosine, or a deciding score above
+    score: float  # what the threshold is compared with (`measure`), or a deciding score above
     reason: Reason
     unknown_names: list[str] = field(default_factory=list)
+    measure: Literal["learned", "cosine"] = "cosine"
+
+
+def learned_probability(passages: list[Passage]) -> float | None:
+    """The learned ranker's belief that its best passage answers the question (0..1), or
+    None when the passages were not reranked. A probability rather than the logit, so that
+    the deciding scores above (2.0 and -1.0) bracket it as they bracket a cosine."""
+    logits = [p.learned for p in passages if p.learned is not None]
+    return 1.0 / (1.0 + math.exp(-max(logits))) if logits else None
 
 
 def decide(passages: list[Passage], *, question: str, query: str, keyword: KeywordIndex,
-           threshold: float) -> GateDecision:
-    """Answerable when the best passage is close enough in meaning to the question, or
-    when the question names a rare term that heads one of the top sections; never when it
-    names something the guide does not mention at all (`unknown_names`), or nothing was found.
+           threshold: float, learned_threshold: float | None = None) -> GateDecision:
+    """Answerable when the learned ranker believes its best passage answers the question
+    (when it reranked them and its threshold is fitted: `learned_threshold`), else when the
+    best passage is close enough in meaning (`threshold` on the cosine); or when the
+    question names a rare term that heads one of the top sections; never when it names
+    something the guide does not mention at all (`unknown_names`), or nothing was found.
 
     The rare-term rule is for acronyms the embedder never learned ("what is LLRD?"): their
     cosine similarity is low, yet a section titled with the exact term clearly covers them.
@@ -66,6 +78,10 @@ def decide(passages: list[Passage], *, question: str, query: str, keyword: Keywo
     rare = rare_terms(query, keyword)
     if any(set(tokenize(p.chunk.title)) & rare for p in passages[:3]):
         return GateDecision(True, RARE_TITLE_TERM_SCORE, "rare title term")
+    learned = learned_probability(passages)
+    if learned is not None and learned_threshold is not None:
+        covered = learned >= learned_threshold
+        return GateDecision(covered, learned, "similar" if covered else "not similar", measure="learned")
     best = max(p.dense for p in passages)
     return GateDecision(best >= threshold, best, "similar" if best >= threshold else "not similar")
 
@@ -106,13 +122,13 @@ NOT_COVERED = "The guide doesn't cover that."
 
 
 
-def closest_sections(passages: list[Passage], threshold: float, policy: GatePolicy = GATE) -> list[Passage]:
+def closest_sections(passages: list[Passage], policy: GatePolicy = GATE) -> list[Passage]:
     """The best distinct sections for a declined question, if they are genuinely close: a
-    section far below the threshold would only mislead as "closest"."""
+    section far from the question would only mislead as "closest"."""
     seen: set[str] = set()
     result = []
     for p in passages:
-        if p.dense < policy.close_share_of_threshold * threshold or p.chunk.title in seen:
+        if p.dense < policy.close_min_cosine or p.chunk.title in seen:
             continue
         seen.add(p.chunk.title)
         result.append(p)
@@ -134,8 +150,10 @@ def declined_text(sections: list[Passage], unknown_names: list[str] | None = Non
 # --- Fitting the threshold (`make calibrate`) ---------------------------------------------
 
 
-def calibrate(scores: list[tuple[float, bool]]) -> dict:
-    """The threshold that maximises the worse of in-scope and out-of-scope accuracy.
+def calibrate(scores: list[tuple[float, bool]], answered_at_least: float | None = None) -> dict:
+    """The threshold that maximises the worse of in-scope and out-of-scope accuracy; or,
+    with `answered_at_least`, the one that declines most out-of-scope questions while still
+    answering that share of in-scope ones.
 
     Among equally good thresholds, take the middle of the widest gap, so that a question
     near the boundary is not decided by a hair.
@@ -149,13 +167,18 @@ def calibrate(scores: list[tuple[float, bool]]) -> dict:
         t = (low + high) / 2
         acc_in = sum(1 for s in inside if s >= t) / max(len(inside), 1)
         acc_out = sum(1 for s in outside if s < t) / max(len(outside), 1)
-        key = (min(acc_in, acc_out), acc_in + acc_out, high - low)
+        if answered_at_least is None:
+            key = (min(acc_in, acc_out), acc_in + acc_out, high - low)
+        else:
+            key = (acc_in >= answered_at_least, acc_out, acc_in, high - low)
         if best is None or key > best[0]:
             best = (key, t, acc_in, acc_out)
     assert best is not None
     _, threshold, acc_in, acc_out = best
     return {
         "threshold": round(threshold, 4),
+        "criterion": ("balanced" if answered_at_least is None
+                      else f"most declined while answering at least {answered_at_least:.0%}"),
         "in_scope_accuracy": round(acc_in, 4),
         "out_of_scope_accuracy": round(acc_out, 4),
         "in_scope_questions": len(inside),
@@ -164,7 +187,8 @@ def calibrate(scores: list[tuple[float, bool]]) -> dict:
     }
 
 
-def cross_validate(scores: list[tuple[float, bool]], folds: int = 5) -> dict:
+def cross_validate(scores: list[tuple[float, bool]], folds: int = 5,
+                   answered_at_least: float | None = None) -> dict:
     """Gate accuracy on questions the threshold was not calibrated on.
 
     Row i goes to fold i % folds; each fold is scored with a threshold calibrated on the
@@ -178,7 +202,7 @@ def cross_validate(scores: list[tuple[float, bool]], folds: int = 5) -> dict:
         test = [row for i, row in enumerate(scores) if i % folds == fold]
         if not any(a for _, a in train) or all(a for _, a in train) or not test:
             continue
-        threshold = calibrate(train)["threshold"]
+        threshold = calibrate(train, answered_at_least)["threshold"]
         thresholds.append(threshold)
         for score, answerable in test:
             if answerable:

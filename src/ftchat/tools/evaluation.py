@@ -24,7 +24,7 @@ from ftchat.answering.retrieval import Passage
 from ftchat.api import Assistant
 from ftchat.config import GATE_FILE, REPO_ROOT
 from ftchat.documents.corpus import load_profile
-from ftchat.files import read_lines
+from ftchat.files import read_lines, write_text_atomically
 from ftchat.models.embedding import Embedder
 from ftchat.text import split_sentences
 from ftchat.tools.stats import percentile
@@ -127,13 +127,27 @@ def evaluate_retrieval(assistant: Assistant, rows: list[EvalRow], k: int = 5) ->
 # --- Gate calibration -------------------------------------------------------------------
 
 
-def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> list[tuple[float, bool]]:
-    """The gate's score (gate.decide) for each row, with whether the row is in scope."""
-    return [(assistant.gate(row.question, list(row.history)).score, row.answerable) for row in rows]
+def gate_scores(assistant: Assistant, rows: list[EvalRow]) -> tuple[list[tuple[float, bool]], str]:
+    """The gate's score (gate.decide) for each row, with whether the row is in scope; and
+    what the scores measure ("learned" or "cosine": every row is decided the same way)."""
+    decisions = [(assistant.gate(row.question, list(row.history)), row.answerable) for row in rows]
+    measures = {d.measure for d, _ in decisions}
+    measure = "learned" if "learned" in measures else "cosine"
+    return [(d.score, answerable) for d, answerable in decisions], measure
 
 
-def write_calibration(result: dict, path: Path = GATE_FILE) -> None:
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+def write_calibration(fit: dict, measure: str = "cosine", path: Path = GATE_FILE) -> None:
+    """Save a fitted threshold where Settings reads the one for its measure, keeping the other."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    if measure == "learned":
+        saved["learned"] = fit
+    else:
+        learned = fit.get("learned", saved.get("learned"))
+        saved = {**fit, "learned": learned} if learned else dict(fit)
+    write_text_atomically(path, json.dumps(saved, indent=2) + "\n")
 
 
 # --- What the answer says -----------------------------------------------------------------
