@@ -69,6 +69,13 @@ def check_consistent(result: dict) -> None:
     for name in ("retrieval_ms", "first_token_ms", "answer_ms"):
         assert 0 < result[f"{name}_p50"] <= result[f"{name}_p95"], name
     assert result["first_token_ms_p50"] <= result["answer_ms_p50"]
+    if "learned_ranking_ms_p50" in result:  # results from before the learned ranker lack it
+        assert result["learned_ranking_ms_p50"] == pytest.approx(
+            result["retrieval_ms_p50"] - result["hybrid_retrieval_ms_p50"], abs=2e-3)
+        assert result["learned_ranking_cold_start_s"] == pytest.approx(
+            result["cold_start_with_ranker_s"] - result["cold_start_without_ranker_s"], abs=2e-3)
+        assert result["learned_ranking_peak_mb"] == pytest.approx(
+            result["peak_rss_with_ranker_mb"] - result["peak_rss_without_ranker_mb"], abs=2e-3)
     if result.get("first_visible_text_ms_p50") is not None:  # results from before it existed lack it
         assert 0 < result["first_visible_text_ms_p50"] <= result["first_visible_text_ms_p95"]
         assert result["first_visible_text_missing"] == 0

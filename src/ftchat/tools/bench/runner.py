@@ -7,7 +7,7 @@ import tempfile
 import time
 from dataclasses import replace
 
-from ftchat.config import Settings
+from ftchat.config import RANKER_FILE, Settings
 from ftchat.tools.bench.cold_start import cold_start_answer
 from ftchat.tools.bench.page_client import bench_first_visible_text
 from ftchat.tools.bench.probe import machine, memory_bandwidth_gbs
@@ -73,14 +73,27 @@ def _answer_questions(quick: bool) -> list[str]:
 
 
 def _bench_cold_starts(settings: Settings, quick: bool) -> dict:
-    log("cold start to a first answer (fresh process, warm caches)")
-    cold = [cold_start_answer(settings, ANSWER_QUESTIONS[0]) for _ in range(1 if quick else 3)]
+    log("cold start to a first answer (fresh process, warm caches), with and without the learned ranker")
+    cold, unranked, ranked = [], [], []
+    ranker = str(settings.ranker_file or RANKER_FILE)
+    for _ in range(1 if quick else 3):  # paired, so that each meets the same machine
+        cold.append(cold_start_answer(settings, ANSWER_QUESTIONS[0]))
+        unranked.append(cold_start_answer(settings, ANSWER_QUESTIONS[0], FTCHAT_RANKER="off"))
+        ranked.append(cold_start_answer(settings, ANSWER_QUESTIONS[0], FTCHAT_RANKER=ranker))
     result = {
         "cold_start_answer_s": p50([c["seconds"] for c in cold]),
         "cold_start_exit_s": p50([c["exit_seconds"] for c in cold]),
         "peak_rss_mb": max(c["peak_rss_mb"] for c in cold),
         "cold_start_answer_ok": all(c["ok"] and c["answerable"] and c["citations"] for c in cold),
+        "cold_start_without_ranker_s": p50([c["seconds"] for c in unranked]),
+        "peak_rss_without_ranker_mb": max(c["peak_rss_mb"] for c in unranked),
+        "cold_start_with_ranker_s": p50([c["seconds"] for c in ranked]),
+        "peak_rss_with_ranker_mb": max(c["peak_rss_mb"] for c in ranked),
     }
+    result["learned_ranking_cold_start_s"] = (
+        result["cold_start_with_ranker_s"] - result["cold_start_without_ranker_s"])
+    result["learned_ranking_peak_mb"] = (
+        result["peak_rss_with_ranker_mb"] - result["peak_rss_without_ranker_mb"])
     log("cold start to a usable page, and first visible text on it (its own event stream)")
     page = bench_first_visible_text(settings, _answer_questions(quick), 1 if quick else 3)
     result["cold_start_page_s"] = page.pop("cold_start_page_s")
