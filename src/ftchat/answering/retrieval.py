@@ -105,7 +105,7 @@ class Retriever:
                        float(asked[d]))
             for rank, d in enumerate(order[: max(k, self.ranker.depth if self.ranker else 0)], start=1)
         }
-        learned = self._learned(query, vector[0], {d: passages[d] for d in order[: len(passages)]})
+        learned = self._learned(query, vector[0], passages)
         if learned:
             order = sorted(learned, key=lambda d: -learned[d]) + order[len(learned):]
         return [replace(passages[d], rank=rank, learned=learned.get(d))
