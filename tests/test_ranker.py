@@ -170,6 +170,11 @@ def test_a_bad_training_row_is_named_by_file_and_line(tmp_path, line, problem):
     assert f"{path}:2" in str(raised.value) and problem in str(raised.value)
 
 
+def test_a_missing_training_file_is_named(tmp_path):
+    with pytest.raises(rt.RankerDataError, match=r"questions.jsonl does not exist \(training questions"):
+        rt.load_questions(tmp_path / "questions.jsonl")
+
+
 @pytest.mark.subprocess
 def test_ftchat_train_ranker_reports_a_bad_row_in_one_line(tmp_path):
     path = tmp_path / "questions.jsonl"

@@ -116,3 +116,21 @@ def read_lines(path: Path, plain_text: bool = False) -> Iterator[Line]:
             yield Line(number, json.loads(line))
         except json.JSONDecodeError as exc:
             yield Line(number, error=f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def read_objects(path: Path, error: type[Exception] = ValueError,
+                 missing: str = "") -> Iterator[tuple[str, dict]]:
+    """("file:line", row) for every row of a JSON Lines file of objects, for a loader that
+    checks each row's fields. A missing file, a line that is not JSON or not an object
+    raises `error` naming it (`missing` adds to the missing file's message, e.g. where the
+    format is described)."""
+    if not path.is_file():
+        raise error(f"{path} does not exist{f' ({missing})' if missing else ''}")
+    for line in read_lines(path):
+        where = f"{path}:{line.number}"
+        if line.error:
+            raise error(f"{where}: {line.error}")
+        if not isinstance(line.value, dict):
+            raise error(f"{where}: a row must be a JSON object")
+        yield where, line.value
+

@@ -30,7 +30,7 @@ import numpy as np
 
 from ftchat.answering.rerank import FEATURES, VOTERS, LearnedRanker
 from ftchat.config import RANKER_FILE, Settings, default_questions_file
-from ftchat.files import read_lines, sha256_file, write_text_atomically
+from ftchat.files import read_objects, sha256_file, write_text_atomically
 from ftchat.index.store import Index, open_index
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,7 @@ class RankerConfig:
 def load_questions(path: Path) -> list[TrainingQuestion]:
     """Every row of a training file; the first bad row stops it with its file and line."""
     rows = []
-    for line in read_lines(path):
-        where = f"{path}:{line.number}"
-        value = line.value
-        if line.error:
-            raise RankerDataError(f"{where}: {line.error}")
-        if not isinstance(value, dict):
-            raise RankerDataError(f"{where}: a row is a JSON object")
+    for where, value in read_objects(path, RankerDataError, "training questions: see docs/ranker.md"):
         question = value.get("question")
         if not isinstance(question, str) or not question.strip():
             raise RankerDataError(f'{where}: a row needs a non-empty "question" string')
@@ -111,6 +105,17 @@ def _index_with_questions(settings: Settings, folder: Path, rows: list[TrainingQ
         for row in rows:
             handle.write(json.dumps({"question": row.question, "sections": list(row.sections)}) + "\n")
     return open_index(settings.with_overrides(index_dir=folder / "index", questions_file=questions))
+
+
+def _work_dir(settings: Settings, config: RankerConfig) -> Path:
+    return config.work_dir or settings.cache_dir / "ranker-training"
+
+
+def _validation_index(settings: Settings, work_dir: Path, rows: list[TrainingQuestion]) -> Index:
+    """The index validation and the gate's fit retrieve from: the train split's in-scope
+    questions as its sample questions, so no validation question finds itself."""
+    return _index_with_questions(settings, work_dir / "validation",
+                                 [r for r in rows if r.split == "train" and r.answerable])
 
 
 def _retriever(settings: Settings, index: Index, ranker=None):
@@ -256,13 +261,12 @@ def train_ranker(settings: Settings, config: RankerConfig) -> dict:
     from ftchat.models.weights import resolve_embedder
 
     started = time.time()
-    work_dir = config.work_dir or settings.cache_dir / "ranker-training"
+    work_dir = _work_dir(settings, config)
     rows = load_questions(config.questions_file)
     data_sha = sha256_file(config.questions_file)
     train = training_rows(rows, settings, config, work_dir, data_sha)
     log.info("Mined %d candidates of %d questions", len(train.rows), len(np.unique(train.groups)))
-    index = _index_with_questions(settings, work_dir / "validation",
-                                  [r for r in rows if r.split == "train" and r.answerable])
+    index = _validation_index(settings, work_dir, rows)
     validation = mine([r for r in rows if r.split == "validation"], _retriever(settings, index),
                       max(config.depths), progress=config.progress_bar)
     ranker, strength, report = choose(train, validation, config)
@@ -318,9 +322,7 @@ def fit_gate(settings: Settings, config: RankerConfig) -> dict:
     from ftchat.answering.rerank import load_ranker
 
     rows = load_questions(config.questions_file)
-    work_dir = config.work_dir or settings.cache_dir / "ranker-training"
-    index = _index_with_questions(settings, work_dir / "validation",
-                                  [r for r in rows if r.split == "train" and r.answerable])
+    index = _validation_index(settings, _work_dir(settings, config), rows)
     cosine = _gate_scores(_retriever(settings, index), rows, learned=False, settings=settings)
     target = GATE.answered_at_least
     result = {**gate.calibrate(cosine, target), "calibrated_on": [f"{config.questions_file.name} (all rows)"],

@@ -35,7 +35,7 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback
 
 from ftchat.config import REPO_ROOT, Settings
-from ftchat.files import read_lines, sha256_file, staged_folder
+from ftchat.files import read_objects, sha256_file, staged_folder
 from ftchat.models.adapters import ADAPTER_FILE, MANIFEST, MANIFEST_FORMAT, PLOT_FILE
 
 log = logging.getLogger(__name__)
@@ -114,16 +114,8 @@ class RunResult:
 
 def load_rows(path: Path) -> list[dict]:
     """The rows of a training file, each checked; TrainingError names the first bad one."""
-    if not path.is_file():
-        raise TrainingError(f"{path} does not exist (training rows: see docs/training.md)")
     rows = []
-    for line in read_lines(path):
-        where = f"{path}:{line.number}"
-        row = line.value
-        if line.error:
-            raise TrainingError(f"{where}: {line.error}")
-        if not isinstance(row, dict):
-            raise TrainingError(f"{where}: a row must be a JSON object")
+    for where, row in read_objects(path, TrainingError, "training rows: see docs/training.md"):
         if not isinstance(row.get("question"), str) or not row["question"].strip():
             raise TrainingError(f'{where}: "question" must be a non-empty string')
         messages = row.get("messages")
