@@ -114,8 +114,8 @@ def _calibrated_threshold() -> float:
 
 
 def _learned_threshold() -> float | None:
-    """The gate's threshold on the learned ranker's probability when `make calibrate` chose
-    it over the cosine (gate.json's "measure"), else None: the cosine decides."""
+    """The gate's threshold on the learned ranker's probability when `ftchat calibrate --save`
+    chose it over the cosine (gate.json's "measure"), else None: the cosine decides."""
     try:
         fitted = json.loads(GATE_FILE.read_text(encoding="utf-8"))
         return float(fitted["learned"]["threshold"]) if fitted.get("measure") == "learned" else None
@@ -172,7 +172,7 @@ class Settings:
     max_new_tokens: int = field(default_factory=lambda: _env_number("FTCHAT_MAX_TOKENS", "96", int, 1))
     gate_threshold: float = field(default_factory=lambda: _calibrated_threshold())
     # The learned ranker's file (None: off), and the gate's threshold on its probability,
-    # fitted on train/questions.jsonl by `make calibrate` (None: the cosine decides).
+    # fitted on train/questions.jsonl by `ftchat calibrate --save` (None: the cosine decides).
     ranker_file: Path | None = field(default_factory=_env_ranker)
     learned_gate_threshold: float | None = field(default_factory=lambda: _learned_threshold())
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.

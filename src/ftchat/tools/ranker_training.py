@@ -1,5 +1,5 @@
 """Training the learned ranker (answering/rerank.py) on the guide's own questions:
-`make train-ranker`, then `make calibrate` for the gate that reads its score.
+`make train-ranker`; `ftchat calibrate` fits the gate's thresholds on the same questions.
 
 The data is train/questions.jsonl. For each in-scope question of its train split, ftchat's
 own hybrid retrieval gives its best `depth` passages, and each becomes a row of the
