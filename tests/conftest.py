@@ -280,6 +280,8 @@ def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [k for k in os.environ if k.startswith("FTCHAT_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("FTCHAT_CACHE_DIR", str(MODEL_CACHE))
+    # Quiz attempts go to the session's temporary folder, never the checkout's data/.
+    monkeypatch.setenv("FTCHAT_PROGRESS_FILE", str(MODEL_CACHE / "progress.db"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -37,6 +37,7 @@ from ftchat.index.store import Index, open_index
 from ftchat.index.vectors import shipped_vectors, text_key
 from ftchat.models.generation import GenerationConfig, Generator
 from ftchat.models.loader import generator_is_loaded, get_embedder, get_generator
+from ftchat.study.tutor import Tutor
 
 
 class Assistant:
@@ -50,6 +51,7 @@ class Assistant:
         self._index: Index | None = None
         self._retriever: Retriever | None = None
         self._guide: tuple[Index, Guide] | None = None  # and the index it was read from
+        self._tutor: tuple[Guide, Tutor] | None = None  # and the guide it quizzes on
         self._lock = threading.Lock()
 
     # Components, loaded lazily ---------------------------------------------------------
@@ -119,6 +121,19 @@ class Assistant:
     def section(self, path: list[str] | tuple[str, ...], source: str | None = None) -> GuideSection:
         """A whole section by heading path; raises guide.SectionNotFound with a message."""
         return self.guide().section(path, source)
+
+    # Study -----------------------------------------------------------------------------
+
+    def tutor(self) -> Tutor:
+        """The quiz over the guide (study/tutor.py), with the learner progress database."""
+        guide = self.guide()
+        embedder = self.retriever.embedder
+        with self._lock:
+            if self._tutor is None or self._tutor[0] is not guide:
+                s = self.settings
+                encode = embedder.encode_remembered
+                self._tutor = (guide, Tutor(guide, encode, s.questions_file, s.progress_file, s.corpus_dir))
+            return self._tutor[1]
 
     # Questions -------------------------------------------------------------------------
 

@@ -35,6 +35,12 @@ def default_index_dir() -> Path:
     base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
     return base / "ftchat" / "index"
 
+def default_progress_file() -> Path:
+    """The quiz's progress database: beside the index when installed (the user's data
+    folder), in the checkout's data/ folder otherwise (gitignored)."""
+    return REPO_ROOT / "data" / "progress.db" if IN_CHECKOUT else default_index_dir().parent / "progress.db"
+
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -146,6 +152,10 @@ class Settings:
     cache_dir: Path = field(
         default_factory=lambda: _default_dir("FTCHAT_CACHE_DIR", Path.home() / ".cache" / "ftchat")
     )
+    # Every quiz attempt and each learner's schedule (study/progress.py), in one SQLite file.
+    progress_file: Path = field(
+        default_factory=lambda: _default_dir("FTCHAT_PROGRESS_FILE", default_progress_file())
+    )
     embedder: str = field(default_factory=lambda: os.environ.get("FTCHAT_EMBEDDER", DEFAULT_EMBEDDER))
     model: str = field(default_factory=lambda: os.environ.get("FTCHAT_MODEL", DEFAULT_MODEL))
     host: str = field(default_factory=lambda: os.environ.get("FTCHAT_HOST", "127.0.0.1"))
@@ -212,6 +222,7 @@ class Settings:
             FTCHAT_INDEX_DIR=str(self.index_dir),
             FTCHAT_QUESTIONS_FILE=str(self.questions_file),
             FTCHAT_CACHE_DIR=str(self.cache_dir),
+            FTCHAT_PROGRESS_FILE=str(self.progress_file),
             FTCHAT_EMBEDDER=self.embedder,
             FTCHAT_MODEL=self.model,
             FTCHAT_DENSE_WEIGHT=str(self.dense_weight),

@@ -1,0 +1,1 @@
+"""Studying and teaching with the guide: quiz questions, grading, progress, worksheets."""
