@@ -15,6 +15,7 @@ from ftchat.config import Settings, SettingsError, parse_auth
 from ftchat.documents.corpus import CorpusError
 from ftchat.files import read_lines
 from ftchat.models.presets import ModelNotAvailable
+from ftchat.quiz import quiz
 
 
 def _settings(**overrides: object) -> Settings:
@@ -535,6 +536,8 @@ def calibrate(questions_file: Path | None, save: bool) -> None:
     where = f"saved to {GATE_FILE}" if save else "not saved: --save writes it"
     click.echo(f"The fit reads the {result['measure']} score ({where}).")
 
+
+main.add_command(quiz)
 
 if __name__ == "__main__":
     sys.exit(main())
