@@ -444,3 +444,79 @@ def test_added_documents_appear_in_the_guide(page):
     assert "uploads/zorblax_notes.md" in page.locator("#ft-guide-section .guide-meta").inner_text()
     open_tab(page, "Chat")
     assert not page.errors, page.errors
+
+
+# --- The Study tab ------------------------------------------------------------------------------
+
+STUDY_ANSWERS = [
+    "It freezes the pretrained weights and trains small low-rank matrices instead.",
+    "I think it is about the learning rate schedule.",
+    "",  # "I don't know"
+]
+
+
+def next_study_question(page, before: str) -> str:
+    page.click("#ft-study-next")
+    page.wait_for_function(
+        "(before) => { const q = document.querySelector('#ft-study-question h3');"
+        " return q && q.innerText.trim() && q.innerText.trim() !== before; }", arg=before, timeout=30_000)
+    return page.locator("#ft-study-question h3").inner_text().strip()
+
+
+def test_study_three_answers_graded_kept_after_reload_and_a_worksheet(browser):
+    """A learner answers three questions (one with "I don't know"), sees each grade and the
+    guide's answer, reloads and finds the progress kept, opens a cited section in the
+    guide, and downloads a worksheet. Screenshot: tests/artifacts/study.png (README)."""
+    page = open_page(browser, 1400, 1100)
+    open_tab(page, "Study")
+    page.wait_for_function("() => /learner-/.test(document.querySelector('#ft-learner textarea,"
+                           " #ft-learner input').value)", timeout=30_000)
+    learner = page.locator("#ft-learner textarea, #ft-learner input").first.input_value()
+    shown = ""
+    for n, answer in enumerate(STUDY_ANSWERS, 1):
+        shown = next_study_question(page, shown)
+        if answer:
+            page.fill("#ft-study-answer textarea", answer)
+            page.click("#ft-study-check")
+        else:
+            page.click("#ft-study-idk")
+        page.wait_for_selector("#ft-study-result .study-grade", timeout=30_000)
+        result = page.locator("#ft-study-result").inner_text()
+        assert re.search(r"you stated \d of \d key points", result), result
+        assert "The guide's answer:" in result and re.search(r"\[1\]", result)
+        assert re.search(r"corpus/\S+\.md, line \d+", result), result
+        page.wait_for_function(
+            "(n) => new RegExp(`\\b${n} questions? answered`).test("
+            "document.querySelector('#ft-study-progress').innerText)", arg=n, timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "study.png"), full_page=True)
+    page.reload()
+    page.wait_for_selector("#ft-question textarea")
+    open_tab(page, "Study")
+    page.wait_for_function("() => /3 questions answered/.test(document.querySelector("
+                           "'#ft-study-progress').innerText)", timeout=30_000)
+    assert page.locator("#ft-learner textarea, #ft-learner input").first.input_value() == learner
+    with page.expect_download(timeout=30_000) as download:
+        page.click("#ft-study-worksheet")
+    sheet = Path(download.value.path()).read_text(encoding="utf-8")
+    assert download.value.suggested_filename == "ftchat-worksheet.html"
+    assert "Answer key" in sheet and sheet.count("<li><p>") == 10
+    page.locator("#ft-study-progress a.to-guide").first.click()
+    page.wait_for_selector("[role=tab][aria-selected=true]:has-text('Guide')", timeout=15_000)
+    assert not page.errors, page.errors
+    page.context.close()
+
+
+@pytest.mark.parametrize("paper", ["A4", "Letter"])
+def test_a_worksheet_prints_on_a4_and_letter(browser, assistant, paper):
+    """No line runs past the printable width, and the answer key starts a page of its own."""
+    html = assistant.tutor().worksheet(["Key concepts › Training process"], count=12, fmt="html", seed=4)
+    page = browser.new_context().new_page()
+    page.set_content(html)
+    page.emulate_media(media="print")
+    width_mm = {"A4": 210, "Letter": 215.9}[paper] - 32  # the @page side margins: 16 mm each
+    page.set_viewport_size({"width": round(width_mm / 25.4 * 96), "height": 1000})
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    pdf = page.pdf(format=paper)
+    pages = pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages")
+    assert pages >= 2
+    page.context.close()

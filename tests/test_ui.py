@@ -32,7 +32,7 @@ def running_app(tmp_root: Path) -> str:
         return _SERVER["page"].url
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTCHAT_")}
     env.pop("GRADIO_ANALYTICS_ENABLED", None)  # the page must turn analytics off itself
-    env.update(FTCHAT_INDEX_DIR=str(tmp_root / "index"),
+    env.update(FTCHAT_INDEX_DIR=str(tmp_root / "index"), FTCHAT_PROGRESS_FILE=str(tmp_root / "progress.db"),
                FTCHAT_CACHE_DIR=str(Path.home() / ".cache" / "ftchat"))
     page = PageProcess(tmp_root / "app.log", env=env, command=[sys.executable, str(ROOT / "app.py")],
                        cwd=ROOT)

@@ -24,6 +24,8 @@ from ftchat.page.book_tab import CSS as GUIDE_CSS
 from ftchat.page.book_tab import GuideControls, guide_tab, refresh_contents, wire_guide
 from ftchat.page.chat import ChatApp
 from ftchat.page.render import chat_messages, conversation_markdown, error_text, sources_html
+from ftchat.page.study_tab import CSS as STUDY_CSS
+from ftchat.page.study_tab import study_tab, wire_study
 from ftchat.page.uploads import MAX_UPLOAD_BYTES
 
 TITLE = "ftchat · ask the fine-tuning guide"
@@ -124,7 +126,7 @@ if (navigator.clipboard && navigator.clipboard.writeText) {
 
 def launch_options() -> dict[str, Any]:
     """The page's look and limits, for Blocks.launch() (Gradio 6 takes them there)."""
-    return dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS + GUIDE_CSS, head=HEAD,
+    return dict(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS + GUIDE_CSS + STUDY_CSS, head=HEAD,
                 max_file_size=MAX_UPLOAD_BYTES, footer_links=["api"])
 
 
@@ -171,11 +173,13 @@ def build_app(assistant: Assistant) -> gr.Blocks:
                     with gr.Column(scale=2, min_width=340):
                         side = _side_column(app)
             guide = guide_tab(app)
+            study = study_tab(app)
         gr.Markdown(f"{FOOTER}\n\n{CREDIT}", elem_id="ft-footer")
         controls = Controls(state=state, status=status, **chat, **side, timer=gr.Timer(2.0))
         _wire_chat(app, controls)
         _wire_panel(app, controls, guide)
         wire_guide(app, guide, tabs)
+        wire_study(app, study, demo)
         gr.api(_api(app), api_name="ask", concurrency_id="pipeline", concurrency_limit=1)
     return demo
 
