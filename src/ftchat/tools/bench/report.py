@@ -31,6 +31,9 @@ def markdown(r: dict) -> str:
          f"{_fmt(r.get('learned_ranking_peak_mb'), ' MB', 0)}"
          + ("" if r.get("learned_ranker", True) else " (ranker missing: hybrid order)"),
          f"retrieval with it: {_fmt(r['retrieval_ms_p50'], ' ms')} median", "≤ 150 ms / 0.5 s / 60 MB"),
+        ("quiz: grading one answer, median / p95",
+         f"{_fmt(r.get('quiz_grading_ms_p50'), ' ms')} / {_fmt(r.get('quiz_grading_ms_p95'), ' ms')} "
+         f"({r.get('quiz_grading_answers', 0)} answers)", "", "≤ 100 ms"),
         ("first token, median / p95",
          f"{_fmt(r['first_token_ms_p50'], ' ms', 0)} / {_fmt(r['first_token_ms_p95'], ' ms', 0)}",
          _fmt(r.get("baseline_first_token_ms_p50"), " ms", 0), "≤ 1 s"),

@@ -88,6 +88,24 @@ def bench_retrieval(assistant, repeats: int) -> dict:
     }
 
 
+def bench_grading(assistant, repeats: int, count: int = 20) -> dict:
+    """The quiz grading one learner answer (tutor.grade without saving), on questions whose
+    answer key is built inside the timing, as a learner's first answer to a question is.
+    The answers are the first 25 words of each question's guide answer, reworded by nothing:
+    the cost is the embedder's, whatever the words."""
+    tutor = assistant.tutor()
+    tutor.grade(tutor.deck.questions[0].id, "warm up the embedder")
+    questions = tutor.deck.pick(count=count * repeats + 1, seed=11)[1:]
+    timings = []
+    for q in questions:
+        text = " ".join(q.question.split()[:6]) + " means " + " ".join(w for n in q.nuggets for w in n[:1])
+        started = time.perf_counter()
+        tutor.grade(q.id, text)
+        timings.append((time.perf_counter() - started) * 1000)
+    return {"quiz_grading_ms_p50": p50(timings), "quiz_grading_ms_p95": p95(timings),
+            "quiz_grading_answers": len(timings)}
+
+
 # --- Answers and decoding -----------------------------------------------------------------
 
 
