@@ -270,7 +270,8 @@ def test_tests_see_no_ftchat_variables_and_a_private_model_cache():
 
     from guide_fixtures import MODEL_CACHE
 
-    assert sorted(k for k in os.environ if k.startswith("FTCHAT_")) == ["FTCHAT_CACHE_DIR", "FTCHAT_PROGRESS_FILE"]
+    variables = sorted(k for k in os.environ if k.startswith("FTCHAT_"))
+    assert variables == ["FTCHAT_CACHE_DIR", "FTCHAT_PROGRESS_FILE"]
     assert Settings().cache_dir == MODEL_CACHE
     assert Settings().progress_file.parent == MODEL_CACHE  # quiz attempts never reach the checkout
     assert not MODEL_CACHE.is_relative_to(Path.home() / ".cache")

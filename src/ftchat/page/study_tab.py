@@ -198,10 +198,18 @@ def _count(n: int, noun: str) -> str:
 
 
 def grade_html(grade: Grade) -> str:
+    # Key points stated by one guide sentence share it: the sentence is shown once.
+    by_sentence: dict[str, list] = {}
+    for r in grade.results:
+        by_sentence.setdefault(r.point.sentence.text, []).append(r)
+
+    def marked(r) -> str:
+        return f"{_mark(r.stated, r.credit)} <span class='study-point'>{_e(r.point.label)}</span>"
+
     points = "".join(
-        f"<li>{_mark(r.stated, r.credit)} <span class='study-point'>{_e(r.point.label)}</span>"
-        f"<br><span class='study-quote'>{_e(r.point.sentence.text)}</span></li>"
-        for r in grade.results
+        "<li>" + " · ".join(marked(r) for r in results)
+        + f"<br><span class='study-quote'>{_e(sentence)}</span></li>"
+        for sentence, results in by_sentence.items()
     )
     key = grade.key
     cites = "".join(
