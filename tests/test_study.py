@@ -404,3 +404,60 @@ def test_a_terminal_quiz_grades_remembers_and_reports_progress(quiz):
     assert "2/" in progress.output and "Progress of ada" in progress.output
     exported = quiz("--export", "-", "--learner", "ada")
     assert exported.output.count("\n") == 3  # header and two attempts
+
+
+# --- Agreement with a reviewer -----------------------------------------------------------------
+
+
+def test_a_labelled_answers_file_with_a_bad_row_names_its_line(tmp_path):
+    from ftchat.tools.quiz_agreement import AnswersError, load_answers
+
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"question": "Q?", "answer": "A", "label": "correct"}\n'
+                    '{"question": "Q?", "answer": "A", "label": "great"}\n')
+    with pytest.raises(AnswersError, match=r"answers.jsonl:2: \"label\" must be one of"):
+        load_answers(path)
+
+
+def test_thresholds_are_chosen_within_the_bound_on_wrong_answers(shared_tutor):
+    from ftchat.tools.quiz_agreement import LabelledAnswer, choose_policy
+
+    rows = [
+        LabelledAnswer(CAPT, "Continual adaptation with pre-training; an uncommon name.", "correct", "", ""),
+        LabelledAnswer(CAPT, "Continual adaptation with pre-training.", "partial", "", ""),
+        LabelledAnswer(CAPT, "It is a tokenizer for Chinese text.", "wrong", "", ""),
+        LabelledAnswer(QLORA_NF4, "No idea.", "wrong", "", ""),
+    ]
+    policy, result = choose_policy(shared_tutor, rows)
+    assert result["agreement"] == 1.0 and result["wrong_called_correct"] == 0.0
+    assert result["confusion"]["partial"] == {"correct": 0, "partial": 1, "wrong": 0}
+
+
+@pytest.mark.slow  # grades 150 answers
+@pytest.mark.data
+def test_the_grader_agrees_with_the_reviewer_as_docs_study_reports(shared_tutor):
+    """The reviewer's 150 answers (eval/quiz/reviewer.jsonl, never used to choose anything):
+    on 2026-12-08 the grader agreed on 71.3% (issue 26's target, 90%, is missed: docs/study.md)
+    and called 1 wrong answer correct. This keeps both from getting worse."""
+    from ftchat.tools.quiz_agreement import (
+        REVIEWER_FILE,
+        WRONG_CALLED_CORRECT_TARGET,
+        agreement,
+        load_answers,
+    )
+
+    result = agreement(shared_tutor, load_answers(REVIEWER_FILE))
+    assert result["answers"] == 150
+    assert result["wrong_called_correct"] <= WRONG_CALLED_CORRECT_TARGET
+    assert result["agreement"] >= 0.71
+
+
+@pytest.mark.data
+def test_quiz_answer_sets_keep_their_questions_apart(shared_tutor):
+    from ftchat.tools.quiz_agreement import OWN_FILE, REVIEWER_FILE, load_answers
+
+    own, reviewer = load_answers(OWN_FILE), load_answers(REVIEWER_FILE)
+    sections = {shared_tutor.question(question_id(r.question)).section for r in reviewer}
+    assert not sections & {shared_tutor.question(question_id(r.question)).section for r in own}
+    assert {r.split for r in own} == {"train", "validation"}
+    assert len({r.question for r in reviewer}) == 50 and len(reviewer) == 150

@@ -537,6 +537,47 @@ def calibrate(questions_file: Path | None, save: bool) -> None:
     click.echo(f"The fit reads the {result['measure']} score ({where}).")
 
 
+@main.command(name="eval-quiz")
+@click.argument("answers_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--split", default=None, help='Only rows whose "split" is this (e.g. validation).')
+@click.option("--choose", is_flag=True, help="Choose the grader's thresholds on these answers (printed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def eval_quiz(answers_file: Path | None, split: str | None, choose: bool, as_json: bool) -> None:
+    """How often the quiz grader's label agrees with a reviewer's (default: eval/quiz/reviewer.jsonl).
+
+    With --choose, pick the thresholds (best agreement, at most 1.5% of answers that are
+    wrong called correct) on your own labelled answers, e.g. train/quiz_answers.jsonl; the
+    shipped ones are in ftchat.study.grading.GradingPolicy."""
+    from dataclasses import asdict
+
+    from ftchat.api import Assistant
+    from ftchat.tools import quiz_agreement as qa
+
+    try:
+        rows = qa.load_answers(answers_file or qa.REVIEWER_FILE)
+    except qa.AnswersError as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows = [r for r in rows if split is None or r.split == split]
+    tutor = Assistant(_settings()).tutor()
+    if choose:
+        policy, result = qa.choose_policy(tutor, rows)
+        result["policy"] = {k: getattr(policy, k) for k in qa.GRID}
+    else:
+        result = qa.agreement(tutor, rows)
+        result["policy"] = asdict(tutor.policy)
+    if as_json:
+        _print_json(result)
+        return
+    c, share = result["confusion"], result["wrong_called_correct"]
+    click.echo(f"{result['answers']} answers: the grader agrees with the reviewer on "
+               f"{result['agreement']:.1%}; wrong answers called correct: {share:.1%} of all answers")
+    click.echo("reviewer \\ grader   correct  partial  wrong")
+    for label in qa.LABELS:
+        click.echo(f"{label:<18} {c[label]['correct']:>7}  {c[label]['partial']:>7}  {c[label]['wrong']:>5}")
+    if choose:
+        click.echo("chosen: " + ", ".join(f"{k}={v}" for k, v in result["policy"].items()))
+
+
 main.add_command(quiz)
 
 if __name__ == "__main__":

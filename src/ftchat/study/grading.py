@@ -41,7 +41,7 @@ class GradingPolicy:
     close_credit: float = 0.5
     # Labels from the score: correct at or above `correct_at`, partial above `partial_above`.
     correct_at: float = 0.67  # 2 of 3 key points is partial
-    partial_above: float = 0.2
+    partial_above: float = 0.0
     # Only the first part of a very long answer is read (it is still stored whole).
     max_chars: int = 4000
     max_sentences: int = 40
