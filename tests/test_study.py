@@ -38,7 +38,7 @@ def tutor(assistant, tmp_path) -> Tutor:
     s = assistant.settings
     return Tutor(
         assistant.guide(),
-        assistant.retriever.embedder.encode_remembered,
+        assistant.retriever.embedder,
         s.questions_file,
         tmp_path / "progress.db",
         s.corpus_dir,

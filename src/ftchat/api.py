@@ -131,8 +131,7 @@ class Assistant:
         with self._lock:
             if self._tutor is None or self._tutor[0] is not guide:
                 s = self.settings
-                encode = embedder.encode_remembered
-                self._tutor = (guide, Tutor(guide, encode, s.questions_file, s.progress_file, s.corpus_dir))
+                self._tutor = (guide, Tutor(guide, embedder, s.questions_file, s.progress_file, s.corpus_dir))
             return self._tutor[1]
 
     # Questions -------------------------------------------------------------------------

@@ -288,8 +288,8 @@ def _next(app: ChatApp, learner: str, scope: str, sections: list[str] | None, st
         note = "answer a few questions first: until then, questions from the whole guide"
     try:
         pick = tutor.next_question(learner, titles, weakest, after=state.get("qid"))
-    except UnknownSection as exc:
-        return str(exc), "", "", state
+    except (UnknownSection, ProgressLocked) as exc:
+        return _e(str(exc)), "", "", state
     new_state = {"qid": pick.question.id if pick else None}
     return question_markdown(pick, note), "", "", new_state
 

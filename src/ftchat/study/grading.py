@@ -14,8 +14,8 @@ Nothing in an answer is ever followed or run: it is text to compare, however it 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from rapidfuzz import fuzz
@@ -110,7 +110,15 @@ class Grade:
         }
 
 
-Encode = Callable[[list[str]], np.ndarray]
+class TextEncoder(Protocol):
+    """The embedder (models.embedding.Embedder): guide text is remembered across answers,
+    a learner's answer is not (it would crowd the guide's sentences out of its memory)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_remembered(self, texts: list[str]) -> np.ndarray: ...
+
+
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NUMBER_WORDS = {
     "one": "1",
@@ -188,7 +196,7 @@ def answer_units(answer: str, policy: GradingPolicy = GRADING) -> list[str]:
 
 
 def point_evidence(
-    key: AnswerKey, answer: str, encode: Encode, policy: GradingPolicy = GRADING
+    key: AnswerKey, answer: str, embedder: TextEncoder, policy: GradingPolicy = GRADING
 ) -> list[PointEvidence]:
     """For each key point: whether the answer has one of its wordings, and how close in
     meaning the answer's nearest sentence is to the guide's clause stating it."""
@@ -196,8 +204,8 @@ def point_evidence(
     answer_words = words(text)
     units = answer_units(text, policy)
     if units:
-        vectors = encode([p.clause for p in key.points] + units)
-        similarity = vectors[len(key.points) :] @ vectors[: len(key.points)].T
+        points = embedder.encode_remembered([p.clause for p in key.points])
+        similarity = embedder.encode(units) @ points.T
         best = similarity.max(axis=0)
     else:
         best = np.zeros(len(key.points), dtype=np.float32)
@@ -207,10 +215,10 @@ def point_evidence(
     ]
 
 
-def grade(key: AnswerKey, answer: str, encode: Encode, policy: GradingPolicy = GRADING) -> Grade:
+def grade(key: AnswerKey, answer: str, embedder: TextEncoder, policy: GradingPolicy = GRADING) -> Grade:
     if not answer or not answer.strip():
         raise AnswerError('The answer is empty: write what you know, or choose "I don\'t know".')
-    evidence = point_evidence(key, answer, encode, policy)
+    evidence = point_evidence(key, answer, embedder, policy)
     results = tuple(PointResult(p, *credit_for(e, policy)) for p, e in zip(key.points, evidence, strict=True))
     score = sum(r.credit for r in results) / len(results) if results else 0.0
     return Grade(key, answer, results, score, label_for(score, policy))

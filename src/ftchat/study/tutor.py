@@ -13,24 +13,23 @@ The page's Study tab and `ftchat quiz` both call only this.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
-import numpy as np
 
 from ftchat.documents.book import Guide
 from ftchat.study import worksheet
 from ftchat.study.answer_key import (
     AnswerKey,
     GuideSentence,
+    KeyPoint,
     build_answer_key,
     read_guide_file,
     sentences_with_lines,
 )
 from ftchat.study.deck import SEPARATOR, Deck, QuizQuestion
-from ftchat.study.grading import GRADING, Grade, GradingPolicy, grade
+from ftchat.study.grading import GRADING, Grade, GradingPolicy, PointResult, TextEncoder, grade
 from ftchat.study.progress import Attempt, Progress, clean_learner, now
 
 DONT_KNOW = "I don't know"
@@ -56,18 +55,17 @@ class Tutor:
     def __init__(
         self,
         guide: Guide,
-        encode: Callable[[list[str]], np.ndarray],
+        embedder: TextEncoder,
         questions_file: Path,
         progress_file: Path,
         corpus_dir: Path,
         policy: GradingPolicy = GRADING,
     ) -> None:
         self.guide = guide
-        self.encode = encode
+        self.embedder = embedder
         self.corpus_dir = corpus_dir
         self.policy = policy
-        known = {s for s in _section_titles(guide)}
-        self.deck = Deck.load(questions_file, known)
+        self.deck = Deck.load(questions_file, set(_section_titles(guide)))
         self.progress = Progress(progress_file)
         self._keys: dict[str, AnswerKey] = {}
         self._files: dict[str, str | None] = {}
@@ -91,7 +89,8 @@ class Tutor:
     def key(self, qid: str) -> AnswerKey:
         question = self.deck.get(qid)
         if question.id not in self._keys:
-            self._keys[question.id] = build_answer_key(question, self._section_sentences, self.encode)
+            remembered = self.embedder.encode_remembered  # guide text recurs across learners
+            self._keys[question.id] = build_answer_key(question, self._section_sentences, remembered)
         return self._keys[question.id]
 
     def section_source(self, section: str) -> str:
@@ -113,7 +112,7 @@ class Tutor:
 
     def grade(self, qid: str, answer: str, learner: str | None = None) -> Grade:
         """Grade an answer; with a learner, the attempt is saved and the question rescheduled."""
-        result = grade(self.key(qid), answer, self.encode, self.policy)
+        result = grade(self.key(qid), answer, self.embedder, self.policy)
         if learner is not None:
             self._record(learner, result)
         return result
@@ -215,10 +214,8 @@ class Tutor:
         return worksheet.render([self.key(q.id) for q in questions], scope, fmt)
 
 
-def _missed(point):
-    from ftchat.study.grading import PointResult
-
-    return PointResult(point, False, "")
+def _missed(point: KeyPoint) -> PointResult:
+    return PointResult(point, 0.0, "")
 
 
 def _section_titles(guide: Guide) -> list[str]:

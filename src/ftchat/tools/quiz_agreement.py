@@ -61,7 +61,7 @@ def _evidence(tutor: Tutor, rows: list[LabelledAnswer]) -> list[list[PointEviden
     out = []
     for row in rows:
         key = tutor.key(question_id(row.question))
-        out.append(point_evidence(key, row.answer, tutor.encode) if row.answer.strip() else [])
+        out.append(point_evidence(key, row.answer, tutor.embedder) if row.answer.strip() else [])
     return out
 
 
