@@ -26,6 +26,7 @@ class GuideSentence:
     section: str  # heading path
     source: str  # the file, as citations show it
     line: int | None  # 1-based line of the file the sentence is on, when found
+    position: int = 0  # its place among the section's sentences (one line holds a paragraph)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class AnswerKey:
         """The key points' sentences without repeats, in the order the guide has them."""
         unique = list(dict.fromkeys(p.sentence for p in self.points))
         order = {s: i for i, s in enumerate(self.question.sections)}
-        return sorted(unique, key=lambda s: (order.get(s.section, len(order)), s.line or 0))
+        return sorted(unique, key=lambda s: (order.get(s.section, len(order)), s.position))
 
     def citations(self) -> list[dict]:
         """One citation per section the answer quotes, numbered in order of first use."""
@@ -129,12 +130,13 @@ def sentences_with_lines(section: str, text: str, source: str, file_text: str | 
     lines = file_text.splitlines() if file_text else []
     found: list[GuideSentence] = []
     start = 0
-    for sentence in split_sentences(text):
+    for position, sentence in enumerate(split_sentences(text)):
         probe = sentence[:60]
         line = next((i for i in range(start, len(lines)) if probe in " ".join(lines[i].split())), None)
         if line is not None:
             start = line  # sentences come in file order: search on from here
-        found.append(GuideSentence(sentence, section, source, line + 1 if line is not None else None))
+        number = line + 1 if line is not None else None
+        found.append(GuideSentence(sentence, section, source, number, position))
     return found
 
 
