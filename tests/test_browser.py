@@ -278,8 +278,9 @@ def test_the_guide_can_be_read_with_the_keyboard(page):
     parts = nav.get_by_role("heading", level=3).all_inner_texts()
     assert parts == ["About this guide", "Key concepts", "Fine-tuning strategies", "Added documents"]
 
-    # From the Guide tab, Tab walks into the contents in reading order; Enter opens a term.
-    page.get_by_role("tab", name="Guide").focus()
+    # From the tab list (its last tab, Study), Tab walks into the contents in reading order;
+    # Enter opens a term.
+    page.get_by_role("tab").last.focus()
     page.keyboard.press("Tab")
     first = page.evaluate("document.activeElement.innerText")
     assert first == "About this guide"
@@ -516,6 +517,8 @@ def test_a_worksheet_prints_on_a4_and_letter(browser, assistant, paper):
     width_mm = {"A4": 210, "Letter": 215.9}[paper] - 32  # the @page side margins: 16 mm each
     page.set_viewport_size({"width": round(width_mm / 25.4 * 96), "height": 1000})
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    breaks = page.evaluate("() => getComputedStyle(document.querySelector('section.key')).breakBefore")
+    assert breaks == "page"  # the answer key starts a page of its own
     pdf = page.pdf(format=paper)
     pages = pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages")
     assert pages >= 2

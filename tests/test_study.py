@@ -20,7 +20,7 @@ from guide_fixtures import FTCHAT
 
 from ftchat.study.deck import Deck, UnknownQuestion, UnknownSection, question_id
 from ftchat.study.grading import AnswerError, has_wording, words
-from ftchat.study.progress import BOX_WAIT, Attempt, Progress, ProgressLocked, next_box, now
+from ftchat.study.progress import BOX_WAIT, Attempt, Progress, ProgressError, ProgressLocked, next_box, now
 from ftchat.study.tutor import Tutor
 
 QLORA_NF4 = "New to this: what is NF4?"
@@ -186,12 +186,22 @@ def test_an_unknown_question_id_is_refused(shared_tutor):
 
 
 def test_leitner_boxes_move_up_when_known_and_back_to_the_start_when_missed():
-    assert next_box(0, "correct") == (1, BOX_WAIT[1])
+    assert next_box(0, "correct") == (2, BOX_WAIT[2])  # a new question known: back in a day
+    assert next_box(0, "wrong") == (1, timedelta(minutes=10))
     assert next_box(3, "correct") == (4, BOX_WAIT[4])
     assert next_box(5, "correct") == (5, BOX_WAIT[5])  # the top box keeps it
     assert next_box(4, "wrong") == (1, timedelta(minutes=10))
     assert next_box(4, "partial") == (4, timedelta(days=1))
     assert next_box(0, "partial") == (1, BOX_WAIT[1])
+
+
+def test_answering_again_before_due_never_moves_a_question_up(tmp_path):
+    progress = Progress(tmp_path / "p.db")
+    for _ in range(5):  # "Check" pressed five times on one question, or five `quiz grade`s
+        scheduled = progress.record(attempt("ada", 1, "correct"))
+    assert scheduled.box == 2 and scheduled.due_at - now() > timedelta(hours=23)
+    assert progress.record(attempt("ada", 1, "wrong")).box == 1  # a miss always counts
+    assert len(progress.attempts("ada")) == 6  # every attempt is kept
 
 
 def test_a_missed_question_comes_back_before_a_known_one(tutor, monkeypatch):
@@ -277,6 +287,30 @@ def test_a_locked_database_is_left_alone_with_a_clear_message(tmp_path, monkeypa
     assert [a.question_id for a in Progress(path).attempts("ada")] == ["q00000001"]
 
 
+def test_a_write_waiting_on_another_programs_lock_fails_cleanly(tmp_path, monkeypatch):
+    path = tmp_path / "progress.db"
+    progress = Progress(path)
+    progress.record(attempt("ada", 1))  # opened and checked before the lock is taken
+    holder = sqlite3.connect(path)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        monkeypatch.setattr(Progress, "BUSY_TIMEOUT_S", 0.2)
+        with pytest.raises(ProgressLocked, match="nothing was saved"):
+            progress.record(attempt("ada", 2))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert len(progress.attempts("ada")) == 1
+
+
+def test_a_database_that_cannot_be_opened_is_never_moved_aside(tmp_path):
+    path = tmp_path / "progress.db"
+    path.mkdir()  # say, a folder where the file should be: unusable, but not damaged
+    with pytest.raises(ProgressError, match="Cannot use the progress database"):
+        Progress(path).record(attempt())
+    assert path.is_dir() and not list(tmp_path.glob("*.damaged-*"))
+
+
 def test_two_sessions_answering_at_once_lose_no_attempt(tmp_path):
     path = tmp_path / "progress.db"
     errors: list[BaseException] = []
@@ -326,10 +360,22 @@ def test_a_worksheet_numbers_questions_then_gives_the_key_with_citations(shared_
     assert f"From the guide: {qlora} (corpus/03-strategies.md, line" in key
 
 
-def test_an_html_worksheet_escapes_and_breaks_before_the_key(shared_tutor):
-    html = shared_tutor.worksheet(["Key concepts › Training process"], count=5, fmt="html", seed=1)
-    assert html.startswith("<!DOCTYPE html>") and html.count("<li><p>") == 5
-    assert "break-before: page" in html and "<script" not in html
+def test_an_html_worksheet_escapes_what_a_questions_file_holds(assistant, tmp_path):
+    row = {
+        "question": "Is <b>LoRA</b> & <script>alert(1)</script> cheap?",
+        "answerable": True,
+        "style": "term",
+        "sections": ["Fine-tuning strategies › LoRA (Low-Rank Adaptation) › QLoRA"],
+        "nuggets": [["4-bit"]],
+    }
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps(row) + "\n")
+    s = assistant.settings
+    tutor = Tutor(assistant.guide(), assistant.retriever.embedder, questions, tmp_path / "p.db", s.corpus_dir)
+    html = tutor.worksheet(["QLoRA"], count=5, fmt="html")
+    assert html.startswith("<!DOCTYPE html>") and html.count("<li><p>") == 1
+    assert "Is &lt;b&gt;LoRA&lt;/b&gt; &amp; &lt;script&gt;alert(1)&lt;/script&gt; cheap?" in html
+    assert "<script" not in html and "<b>" not in html
 
 
 # --- The command line --------------------------------------------------------------------------
@@ -389,6 +435,11 @@ def test_bad_input_exits_2_with_one_line(quiz, args, message):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_quiz_modes_cannot_be_combined(quiz):
+    result = quiz("--reset", "--progress")
+    assert result.exit_code == 2 and "not several" in result.output
+
+
 def test_a_terminal_quiz_grades_remembers_and_reports_progress(quiz):
     answers = "continual adaptation with pre-training, an uncommon acronym\n?\nq\n"
     result = quiz(
@@ -413,8 +464,10 @@ def test_a_labelled_answers_file_with_a_bad_row_names_its_line(tmp_path):
     from ftchat.tools.quiz_agreement import AnswersError, load_answers
 
     path = tmp_path / "answers.jsonl"
-    path.write_text('{"question": "Q?", "answer": "A", "label": "correct"}\n'
-                    '{"question": "Q?", "answer": "A", "label": "great"}\n')
+    path.write_text(
+        '{"question": "Q?", "answer": "A", "label": "correct"}\n'
+        '{"question": "Q?", "answer": "A", "label": "great"}\n'
+    )
     with pytest.raises(AnswersError, match=r"answers.jsonl:2: \"label\" must be one of"):
         load_answers(path)
 

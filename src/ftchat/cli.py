@@ -555,16 +555,18 @@ def eval_quiz(answers_file: Path | None, split: str | None, choose: bool, as_jso
 
     try:
         rows = qa.load_answers(answers_file or qa.REVIEWER_FILE)
+        rows = [r for r in rows if split is None or r.split == split]
+        if not rows:
+            raise qa.AnswersError(f"no labelled answers{f' with split {split!r}' if split else ''} to grade")
+        tutor = Assistant(_settings()).tutor()
+        if choose:
+            policy, result = qa.choose_policy(tutor, rows)
+            result["policy"] = {k: getattr(policy, k) for k in qa.GRID}
+        else:
+            result = qa.agreement(tutor, rows)
+            result["policy"] = asdict(tutor.policy)
     except qa.AnswersError as exc:
         raise click.ClickException(str(exc)) from exc
-    rows = [r for r in rows if split is None or r.split == split]
-    tutor = Assistant(_settings()).tutor()
-    if choose:
-        policy, result = qa.choose_policy(tutor, rows)
-        result["policy"] = {k: getattr(policy, k) for k in qa.GRID}
-    else:
-        result = qa.agreement(tutor, rows)
-        result["policy"] = asdict(tutor.policy)
     if as_json:
         _print_json(result)
         return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -20,7 +21,7 @@ import click
 from ftchat.config import Settings
 from ftchat.study.deck import UnknownQuestion, UnknownSection
 from ftchat.study.grading import AnswerError, Grade
-from ftchat.study.progress import ProgressLocked
+from ftchat.study.progress import ProgressError
 from ftchat.study.worksheet import FORMATS
 
 
@@ -41,7 +42,7 @@ def _checked(call, *args, **kwargs):
         return call(*args, **kwargs)
     except (UnknownQuestion, UnknownSection, AnswerError) as exc:
         raise BadInput(str(exc)) from exc
-    except ProgressLocked as exc:
+    except ProgressError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -65,7 +66,8 @@ LEARNER_OPTION = click.option("--learner", default=None, help="Whose progress (d
 @click.group(invoke_without_command=True)
 @SECTION_OPTION
 @click.option("--weakest", is_flag=True, help="Practise the sections you have scored lowest on.")
-@click.option("--count", type=click.IntRange(1, 500), default=None, help="Stop after N questions.")
+@click.option("--count", type=click.IntRange(1, 200), default=None,
+              help="Stop after N questions (a worksheet's: 10).")
 @LEARNER_OPTION
 @click.option("--progress", "show_progress", is_flag=True, help="Show per-section mastery and stop.")
 @click.option(
@@ -103,22 +105,48 @@ def quiz(
     """
     if ctx.invoked_subcommand is not None:
         return
-    learner = learner or default_learner()
-    if worksheet_titles:
-        click.echo(_checked(_tutor().worksheet, list(worksheet_titles), count or 10, fmt), nl=False)
-    elif show_progress:
-        _print_progress(_tutor(), learner)
-    elif export_to is not None:
-        _export(_tutor(), learner, export_to)
-    elif reset:
+    modes = [name for name, given in (("--worksheet", worksheet_titles), ("--progress", show_progress),
+                                       ("--export", export_to is not None), ("--reset", reset)) if given]
+    if len(modes) > 1:
+        raise click.UsageError(f"Give one of {', '.join(modes)}, not several.")
+    if modes and modes != ["--worksheet"] and (sections or weakest):
+        raise click.UsageError(f"{modes[0]} takes no --section or --weakest: it covers all your attempts.")
+    mode = Mode(list(sections), weakest, count, show_progress, worksheet_titles, fmt, export_to, reset)
+    _checked(_run, learner or default_learner(), mode)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What `ftchat quiz` without a subcommand was asked to do."""
+
+    sections: list[str]
+    weakest: bool
+    count: int | None
+    show_progress: bool
+    worksheet_titles: tuple[str, ...]
+    fmt: str
+    export_to: Path | None
+    reset: bool
+
+
+def _run(learner: str, mode: Mode) -> None:
+    tutor = _tutor()
+    if mode.worksheet_titles:
+        titles = [*mode.worksheet_titles, *mode.sections]
+        click.echo(tutor.worksheet(titles, mode.count or 10, mode.fmt), nl=False)
+    elif mode.show_progress:
+        _print_progress(tutor, learner)
+    elif mode.export_to is not None:
+        _export(tutor, learner, mode.export_to)
+    elif mode.reset:
         click.confirm(f"Forget every attempt of {learner!r}?", abort=True)
-        click.echo(f"Forgot {_checked(_tutor().reset, learner)} attempts of {learner!r}.")
+        click.echo(f"Forgot {tutor.reset(learner)} attempts of {learner!r}.")
     else:
-        _practise(_tutor(), learner, list(sections), weakest, count)
+        _practise(tutor, learner, mode.sections, mode.weakest, mode.count)
 
 
 def _practise(tutor, learner: str, sections: list[str], weakest: bool, count: int | None) -> None:
-    _checked(tutor.resolve, sections)  # a mistyped title fails before the first question
+    tutor.resolve(sections)  # a mistyped title fails before the first question
     click.echo(f"Quiz for {learner}: answer in your own words ('?' = I don't know, 'q' = stop).")
     asked, last = 0, None
     while count is None or asked < count:
@@ -190,7 +218,7 @@ def _export(tutor, learner: str, path: Path) -> None:
     from ftchat.files import write_text_atomically
 
     write_text_atomically(path, text)
-    click.echo(f"Wrote {text.count(chr(10)) - 1} attempts of {learner!r} to {path}")
+    click.echo(f"Wrote {len(tutor.progress.attempts(learner))} attempts of {learner!r} to {path}")
 
 
 @quiz.command()

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import html
+import os
 import re
 import secrets
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from ftchat.page.chat import ChatApp
 from ftchat.page.render import section_href
 from ftchat.study.deck import UnknownSection
 from ftchat.study.grading import AnswerError, Grade
-from ftchat.study.progress import ProgressLocked, clean_learner
+from ftchat.study.progress import ProgressError, clean_learner
 from ftchat.study.tutor import Pick, Tutor
 
 STUDY_TAB = "study"
@@ -78,7 +81,9 @@ class StudyControls:
 
 def study_tab(app: ChatApp) -> StudyControls:
     """The Study tab (call inside gr.Tabs)."""
-    secret = hashlib.sha256(str(app.settings.progress_file).encode()).hexdigest()
+    # Not a secret: the browser keeps only a display name. A key fixed for this progress file
+    # lets the name survive a restart of the page (Gradio draws a new key at every start).
+    key = hashlib.sha256(str(app.settings.progress_file).encode()).hexdigest()
     with gr.Tab("Study", id=STUDY_TAB, elem_id="ft-study-tab"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=420):
@@ -89,7 +94,7 @@ def study_tab(app: ChatApp) -> StudyControls:
         **quiz,
         **side,
         state=gr.State({"qid": None}),
-        remembered=gr.BrowserState("", storage_key="ftchat-learner", secret=secret),
+        remembered=gr.BrowserState("", storage_key="ftchat-learner", secret=key),
     )
 
 
@@ -228,9 +233,13 @@ def grade_html(grade: Grade) -> str:
 
 
 def progress_html(tutor: Tutor, learner: str) -> str:
-    rows = tutor.mastery(learner)
+    try:
+        rows = tutor.mastery(learner)
+    except ProgressError as exc:
+        return f"<p class='study-where'>{_e(str(exc))}</p>"
     if not rows:
         return f"<p class='study-where'>No answers yet from <b>{_e(learner)}</b>.</p>"
+
     def link(section: str) -> str:
         return _e(section_href(tutor.section_source(section), section.split(" › ")))
 
@@ -252,15 +261,20 @@ def progress_html(tutor: Tutor, learner: str) -> str:
 
 # --- Handlers -----------------------------------------------------------------------------------
 
-_DOWNLOADS = Path(tempfile.gettempdir()) / "ftchat-study"
+# Files behind the download buttons (Gradio copies each into its own cache when shown): one
+# folder per user, each file in a folder of its own so that sessions never overwrite each
+# other's; folders older than DOWNLOADS_KEPT go when a new file is written.
+DOWNLOADS_KEPT_S = 3600
 
 
 def _download(name: str, text: str) -> str:
-    """A file for a DownloadButton: a private temporary folder per file, so two sessions
-    never overwrite each other's download."""
-    _DOWNLOADS.mkdir(exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=_DOWNLOADS))
-    path = folder / name
+    root = Path(tempfile.gettempdir()) / f"ftchat-study-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    cutoff = time.time() - DOWNLOADS_KEPT_S
+    for old in root.iterdir():
+        if old.stat().st_mtime < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(dir=root)) / name
     path.write_text(text, encoding="utf-8")
     return str(path)
 
@@ -273,8 +287,10 @@ def new_learner_name() -> str:
     return f"learner-{secrets.token_hex(2)}"
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w\- ]", "", clean_learner(name))[:40] or new_learner_name()
+def _learner(name: str | None, remembered: str | None = None) -> str:
+    """The name as `ftchat quiz --learner` stores it (progress.clean_learner), so a learner
+    is the same on the page and in the terminal; a cleared box keeps the remembered name."""
+    return clean_learner(name) if (name or "").strip() else (remembered or new_learner_name())
 
 
 def _next(app: ChatApp, learner: str, scope: str, sections: list[str] | None, state: dict):
@@ -284,14 +300,13 @@ def _next(app: ChatApp, learner: str, scope: str, sections: list[str] | None, st
     note = ""
     if scope == CHOSEN and not titles:
         note = "choose sections above, or practise the whole guide"
-    if weakest and not tutor.weakest_sections(learner):
-        note = "answer a few questions first: until then, questions from the whole guide"
     try:
+        if weakest and not tutor.weakest_sections(learner):
+            note = "answer a few questions first: until then, questions from the whole guide"
         pick = tutor.next_question(learner, titles, weakest, after=state.get("qid"))
-    except (UnknownSection, ProgressLocked) as exc:
-        return _e(str(exc)), "", "", state
-    new_state = {"qid": pick.question.id if pick else None}
-    return question_markdown(pick, note), "", "", new_state
+    except (UnknownSection, ProgressError) as exc:
+        return _e(str(exc)), "", "", {"qid": None}  # "Check" must not grade a question not shown
+    return question_markdown(pick, note), "", "", {"qid": pick.question.id if pick else None}
 
 
 def _answered(app: ChatApp, learner: str, qid: str | None, answer: str | None):
@@ -303,15 +318,19 @@ def _answered(app: ChatApp, learner: str, qid: str | None, answer: str | None):
         grade = tutor.dont_know(qid, learner) if answer is None else tutor.grade(qid, answer, learner)
     except AnswerError as exc:
         return f"<p>{_e(str(exc))}</p>", gr.skip(), gr.skip()
-    except ProgressLocked as exc:
+    except ProgressError as exc:  # graded all the same, only not saved
         grade = tutor.dont_know(qid) if answer is None else tutor.grade(qid, answer)
         return grade_html(grade) + f"<p>{_e(str(exc))}</p>", gr.skip(), gr.skip()
     return grade_html(grade), progress_html(tutor, learner), _export_file(tutor, learner)
 
 
 def _export_file(tutor: Tutor, learner: str) -> str | None:
-    text = tutor.export_csv(learner)
-    return _download(f"ftchat-progress-{_safe_name(learner)}.csv", text) if text.count("\n") > 1 else None
+    try:
+        text = tutor.export_csv(learner)
+    except ProgressError:
+        return None
+    safe = re.sub(r"[^\w\-]+", "_", learner).strip("_") or "learner"
+    return _download(f"ftchat-progress-{safe}.csv", text) if text.count("\n") > 1 else None
 
 
 def _worksheet_file(app: ChatApp, scope: str, sections: list[str] | None, count: float, fmt: str):
@@ -327,69 +346,68 @@ STUDY = dict(concurrency_id="study", concurrency_limit=4, api_visibility="privat
 
 
 def wire_study(app: ChatApp, c: StudyControls, demo: gr.Blocks) -> None:
-    def start(remembered: str):
-        name = _safe_name(remembered) if remembered else new_learner_name()
-        tutor = app.assistant.tutor()
-        return (
-            name,
-            name,
-            gr.Dropdown(choices=tutor.headings()),
-            progress_html(tutor, name),
-            _export_file(tutor, name),
-        )
+    _wire_learner(app, c, demo)
+    _wire_quiz(app, c)
+    _wire_reset(app, c)
+    sheet_inputs = [c.scope, c.sections, c.sheet_count, c.sheet_format]
+    triggers = (c.scope.change, c.sections.change, c.sheet_count.release, c.sheet_format.change, demo.load)
+    for trigger in triggers:
+        trigger(lambda *v: _worksheet_file(app, *v), sheet_inputs, [c.worksheet], **STUDY)
 
-    def rename(name: str):
-        name = _safe_name(name)
+
+def _wire_learner(app: ChatApp, c: StudyControls, demo: gr.Blocks) -> None:
+    """The name the browser remembers (a new one for a new browser), and its progress."""
+
+    def start(remembered: str):
+        name = _learner(remembered)
         tutor = app.assistant.tutor()
-        return name, progress_html(tutor, name), _export_file(tutor, name)
+        return (name, name, gr.Dropdown(choices=tutor.headings()), progress_html(tutor, name),
+                _export_file(tutor, name))
+
+    def rename(name: str, remembered: str):
+        name = _learner(name, remembered)
+        tutor = app.assistant.tutor()
+        return name, name, progress_html(tutor, name), _export_file(tutor, name)
 
     demo.load(start, [c.remembered], [c.learner, c.remembered, c.sections, c.progress, c.export], **STUDY)
-    c.learner.blur(rename, [c.learner], [c.remembered, c.progress, c.export], **STUDY)
+    named = [c.learner, c.remembered, c.progress, c.export]
+    c.learner.blur(rename, [c.learner, c.remembered], named, **STUDY)
 
-    def ask_next(learner: str, scope: str, sections: list[str] | None, state: dict):
-        return _next(app, _safe_name(learner), scope, sections, state)
 
+def _wire_quiz(app: ChatApp, c: StudyControls) -> None:
+    def ask_next(learner: str, remembered: str, scope: str, sections: list[str] | None, state: dict):
+        return _next(app, _learner(learner, remembered), scope, sections, state)
+
+    def check(learner: str, remembered: str, state: dict, answer: str):
+        return _answered(app, _learner(learner, remembered), state.get("qid"), answer)
+
+    def dont_know(learner: str, remembered: str, state: dict):
+        return _answered(app, _learner(learner, remembered), state.get("qid"), None)
+
+    next_inputs = [c.learner, c.remembered, c.scope, c.sections, c.state]
     next_outputs = [c.question, c.answer, c.result, c.state]
-    next_inputs = [c.learner, c.scope, c.sections, c.state]
     for trigger in (c.next.click, c.scope.change, c.sections.change):
         trigger(ask_next, next_inputs, next_outputs, **STUDY)
-    c.check.click(
-        lambda learner, state, answer: _answered(app, _safe_name(learner), state.get("qid"), answer),
-        [c.learner, c.state, c.answer],
-        [c.result, c.progress, c.export],
-        **STUDY,
-    )
-    c.dont_know.click(
-        lambda learner, state: _answered(app, _safe_name(learner), state.get("qid"), None),
-        [c.learner, c.state],
-        [c.result, c.progress, c.export],
-        **STUDY,
-    )
-    c.reset.click(
-        lambda: (gr.Button(visible=False), gr.Button(visible=True)),
-        None,
-        [c.reset, c.confirm_reset],
-        queue=False,
-        api_visibility="private",
-    )
+    graded = [c.result, c.progress, c.export]
+    c.check.click(check, [c.learner, c.remembered, c.state, c.answer], graded, **STUDY)
+    c.dont_know.click(dont_know, [c.learner, c.remembered, c.state], graded, **STUDY)
 
-    def forget(learner: str):
-        tutor = app.assistant.tutor()
-        tutor.reset(_safe_name(learner))
-        return (
-            gr.Button(visible=True),
-            gr.Button(visible=False),
-            progress_html(tutor, _safe_name(learner)),
-            None,
-        )
 
-    c.confirm_reset.click(forget, [c.learner], [c.reset, c.confirm_reset, c.progress, c.export], **STUDY)
-    sheet_inputs = [c.scope, c.sections, c.sheet_count, c.sheet_format]
-    for trigger in (
-        c.scope.change,
-        c.sections.change,
-        c.sheet_count.release,
-        c.sheet_format.change,
-        demo.load,
-    ):
-        trigger(lambda *v: _worksheet_file(app, *v), sheet_inputs, [c.worksheet], **STUDY)
+def _wire_reset(app: ChatApp, c: StudyControls) -> None:
+    """Reset asks first: the button shows a second one that forgets."""
+
+    def forget(learner: str, remembered: str):
+        tutor, name = app.assistant.tutor(), _learner(learner, remembered)
+        try:
+            tutor.reset(name)
+        except ProgressError as exc:
+            return gr.Button(visible=True), gr.Button(visible=False), f"<p>{_e(str(exc))}</p>", gr.skip()
+        shown = progress_html(tutor, name)
+        return gr.Button(visible=True), gr.Button(visible=False), shown, None
+
+    def ask_first():
+        return gr.Button(visible=False), gr.Button(visible=True)
+
+    c.reset.click(ask_first, None, [c.reset, c.confirm_reset], queue=False, api_visibility="private")
+    c.confirm_reset.click(forget, [c.learner, c.remembered], [c.reset, c.confirm_reset, c.progress, c.export],
+                          **STUDY)

@@ -123,6 +123,8 @@ class Deck:
 
     def _resolve_one(self, title: str) -> str:
         headings = self.headings()
+        if not headings:
+            raise UnknownSection(f"No quiz questions are loaded, so no section '{title}' to practise.")
         wanted = _folded(title)
         for heading in headings:
             if _folded(heading) == wanted:

@@ -63,17 +63,33 @@ TOP_BOX = max(BOX_WAIT)
 
 
 def next_box(box: int, label: str) -> tuple[int, timedelta]:
-    """The box a question moves to after an answer with this label, and its wait there."""
+    """The box a question moves to after an answer with this label, and its wait there. A
+    new question (box 0) starts in box 1, so a first correct answer brings it back in a day."""
+    box = max(box, 1)
     if label == "correct":
-        box = min(max(box, 0) + 1, TOP_BOX)
+        box = min(box + 1, TOP_BOX)
         return box, BOX_WAIT[box]
     if label == "partial":
-        box = max(box, 1)
         return box, min(BOX_WAIT[box], timedelta(days=1))
     return 1, BOX_WAIT[1]
 
 
-class ProgressLocked(RuntimeError):
+def rescheduled(current: Scheduled | None, label: str, answered_at: datetime) -> tuple[int, datetime]:
+    """(box, due) after an answer. Answering before the question is due (a second "Check",
+    practising ahead) never moves it up: only an answer when due earns the next box; a miss
+    always sends it back to box 1."""
+    if current is not None and answered_at < current.due_at and label != "wrong":
+        due = min(current.due_at, answered_at + BOX_WAIT[2]) if label == "partial" else current.due_at
+        return current.box, due
+    box, wait = next_box(current.box if current else 0, label)
+    return box, answered_at + wait
+
+
+class ProgressError(RuntimeError):
+    """The progress database cannot be used (locked, unreadable, not writable); nothing moved."""
+
+
+class ProgressLocked(ProgressError):
     """Another program holds the progress database locked."""
 
 
@@ -130,37 +146,37 @@ class Progress:
             if not self._checked:
                 self._open_checked()
                 self._checked = True
-        connection = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_S)
+        try:
+            connection = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_S)
+        except sqlite3.OperationalError as exc:
+            raise self._unusable(exc) from exc
         try:
             with connection:
                 yield connection
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise ProgressLocked(
-                    f"The progress database {self.path} is locked by another program "
-                    "(another ftchat quiz?); this attempt was not saved. Try again."
-                ) from exc
-            raise
+            raise self._unusable(exc) from exc
         finally:
             connection.close()
 
+    def _unusable(self, exc: sqlite3.OperationalError) -> ProgressError:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return ProgressLocked(f"The progress database {self.path} is locked by another program "
+                                  "(another ftchat quiz?); nothing was saved. Try again.")
+        return ProgressError(f"Cannot use the progress database {self.path}: {exc}")
+
     def _open_checked(self) -> None:
-        """Create the database, or check the one there; a damaged one is moved aside."""
+        """Create the database, or check the one there. Only a file SQLite cannot read as a
+        database, or one failing its own check, is damage and moved aside; a file that is
+        locked, read-only or unreadable (an OperationalError) is left where it is."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._initialise()
+        except sqlite3.OperationalError as exc:
+            raise self._unusable(exc) from exc
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise ProgressLocked(
-                    f"The progress database {self.path} is locked by another program."
-                ) from exc
             aside = self._move_aside()
-            log.warning(
-                "The progress database %s was damaged (%s): kept as %s, starting a fresh one.",
-                self.path,
-                exc,
-                aside,
-            )
+            log.warning("The progress database %s was damaged (%s): kept as %s, starting a fresh one.",
+                        self.path, exc, aside)
             self._initialise()
 
     def _initialise(self) -> None:
@@ -169,10 +185,13 @@ class Progress:
             check = connection.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no result'}")
-            connection.execute("PRAGMA journal_mode=WAL")
-            with connection:
-                connection.executescript(SCHEMA)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if connection.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                # Only a new (or older) database is written to here: opening one that is up
+                # to date only reads, so it never waits for another session's write lock.
+                connection.execute("PRAGMA journal_mode=WAL")
+                with connection:
+                    connection.executescript(SCHEMA)
+                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         finally:
             connection.close()
 
@@ -197,11 +216,11 @@ class Progress:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")  # take the write lock before reading the box
             row = db.execute(
-                "SELECT box FROM schedule WHERE learner = ? AND question_id = ?",
+                "SELECT box, due_at FROM schedule WHERE learner = ? AND question_id = ?",
                 (attempt.learner, attempt.question_id),
             ).fetchone()
-            box, wait = next_box(row[0] if row else 0, attempt.label)
-            due = attempt.answered_at + wait
+            current = Scheduled(attempt.question_id, row[0], datetime.fromisoformat(row[1])) if row else None
+            box, due = rescheduled(current, attempt.label, attempt.answered_at)
             db.execute(
                 "INSERT INTO attempts (learner, question_id, section, answer, score, label, answered_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

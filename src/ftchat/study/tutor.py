@@ -28,7 +28,7 @@ from ftchat.study.answer_key import (
     read_guide_file,
     sentences_with_lines,
 )
-from ftchat.study.deck import SEPARATOR, Deck, QuizQuestion
+from ftchat.study.deck import SEPARATOR, Deck, QuizQuestion, UnknownSection
 from ftchat.study.grading import GRADING, Grade, GradingPolicy, PointResult, TextEncoder, grade
 from ftchat.study.progress import Attempt, Progress, clean_learner, now
 
@@ -211,6 +211,8 @@ class Tutor:
         """Numbered questions over these headings, then the answer key (heading, file, line)."""
         scope = self.resolve(titles)
         questions = self.deck.pick(scope, count, seed)
+        if not questions:
+            raise UnknownSection("No quiz questions to put on a worksheet (none are loaded).")
         return worksheet.render([self.key(q.id) for q in questions], scope, fmt)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ftchat.config import REPO_ROOT
 from ftchat.files import read_objects
-from ftchat.study.deck import question_id
+from ftchat.study.deck import UnknownQuestion, question_id
 from ftchat.study.grading import GRADING, GradingPolicy, PointEvidence, credit_for, label_for, point_evidence
 from ftchat.study.tutor import Tutor
 
@@ -60,7 +60,10 @@ def _evidence(tutor: Tutor, rows: list[LabelledAnswer]) -> list[list[PointEviden
     """Each answer's evidence per key point: computed once, then read under any thresholds."""
     out = []
     for row in rows:
-        key = tutor.key(question_id(row.question))
+        try:
+            key = tutor.key(question_id(row.question))
+        except UnknownQuestion:
+            raise AnswersError(f"{row.question!r} is not a quiz question of the questions file") from None
         out.append(point_evidence(key, row.answer, tutor.embedder) if row.answer.strip() else [])
     return out
 
@@ -123,5 +126,5 @@ def choose_policy(tutor: Tutor, rows: list[LabelledAnswer], base: GradingPolicy 
             best = (result["agreement"], policy, result)
     if best is None:
         raise AnswersError("no thresholds keep wrong answers called correct under "
-                           f"{MAX_WRONG_CALLED_CORRECT:.0%} on these answers")
+                           f"{MAX_WRONG_CALLED_CORRECT:.1%} on these answers")
     return best[1], best[2]
