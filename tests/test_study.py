@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import subprocess
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -301,6 +302,28 @@ def test_a_write_waiting_on_another_programs_lock_fails_cleanly(tmp_path, monkey
         holder.rollback()
         holder.close()
     assert len(progress.attempts("ada")) == 1
+
+
+def test_a_database_another_session_is_creating_is_waited_for(tmp_path):
+    """Two sessions creating the file at once: switching to WAL fails at once while the other
+    holds the write lock (SQLite's busy timeout does not cover it; CI met this)."""
+    path = tmp_path / "progress.db"
+    holder = sqlite3.connect(path, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE elsewhere (a)")
+
+    def release() -> None:
+        time.sleep(0.5)
+        holder.commit()
+        holder.close()
+
+    releasing = threading.Thread(target=release)
+    releasing.start()
+    try:
+        Progress(path).record(attempt())
+    finally:
+        releasing.join()
+    assert len(Progress(path).attempts("ada")) == 1
 
 
 def test_a_database_that_cannot_be_opened_is_never_moved_aside(tmp_path):

@@ -18,6 +18,7 @@ import io
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ class Progress:
         locked, read-only or unreadable (an OperationalError) is left where it is."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._initialise()
+            self._initialise_when_free()
         except sqlite3.OperationalError as exc:
             raise self._unusable(exc) from exc
         except sqlite3.DatabaseError as exc:
@@ -178,6 +179,19 @@ class Progress:
             log.warning("The progress database %s was damaged (%s): kept as %s, starting a fresh one.",
                         self.path, exc, aside)
             self._initialise()
+
+    def _initialise_when_free(self) -> None:
+        """_initialise, retried while another session holds the lock: switching a new file to
+        WAL fails at once with "database is locked" (SQLite's busy timeout does not wait for
+        it) when two sessions create the database together."""
+        deadline = time.monotonic() + self.BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self._initialise()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _initialise(self) -> None:
         connection = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_S)
