@@ -67,6 +67,22 @@ def test_the_deck_holds_question_styles_not_search_queries(shared_tutor):
     assert len(deck.sections()) > 200  # nearly every section of the guide can be practised
 
 
+@pytest.mark.parametrize(
+    ("style", "text", "prompt"),
+    [
+        ("comparison", "GLUE vs SuperGLUE", "Compare: GLUE vs SuperGLUE."),
+        ("paraphrase", "swapping words for synonyms", "What is this called: swapping words for synonyms?"),
+        ("how-to", "how do I freeze layers", "How do I freeze layers?"),
+        ("symptom", "my loss never goes down", "My loss never goes down."),
+        ("term", "What is LoRA?", "What is LoRA?"),
+    ],
+)
+def test_a_search_phrase_is_asked_as_a_question(style, text, prompt):
+    from ftchat.study.deck import QuizQuestion
+
+    assert QuizQuestion("q1", text, style, ("A",), (("x",),)).prompt == prompt
+
+
 def test_a_question_id_survives_reordering_the_file(tmp_path):
     rows = [
         {
@@ -427,7 +443,7 @@ def test_quiz_questions_json_is_one_object_per_line(quiz):
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert len(rows) == 3
     assert all(
-        set(r) == {"id", "question", "section", "style"} and r["section"].endswith("QLoRA") for r in rows
+        {"id", "question", "section", "style"} <= set(r) and r["section"].endswith("QLoRA") for r in rows
     )
 
 

@@ -156,7 +156,7 @@ def _practise(tutor, learner: str, sections: list[str], weakest: bool, count: in
             return
         q = pick.question
         note = {"due": "back for review", "ahead": "nothing is due: practising ahead"}.get(pick.reason, "new")
-        click.echo(f"\n{click.style(q.section, dim=True)} ({note})\n{click.style(q.question, bold=True)}")
+        click.echo(f"\n{click.style(q.section, dim=True)} ({note})\n{click.style(q.prompt, bold=True)}")
         answer = _read_answer()
         if answer is None:
             break
@@ -234,7 +234,7 @@ def _export(tutor, learner: str, path: Path) -> None:
 def questions(sections: tuple[str, ...], count: int | None, seed: int | None, as_json: bool) -> None:
     """List quiz questions, spread over the sections asked for."""
     for q in _checked(_tutor().questions, list(sections), count, seed):
-        click.echo(json.dumps(q.to_json(), ensure_ascii=False) if as_json else f"{q.id}  {q.question}")
+        click.echo(json.dumps(q.to_json(), ensure_ascii=False) if as_json else f"{q.id}  {q.prompt}")
 
 
 @quiz.command()
@@ -248,7 +248,7 @@ def grade(qid: str, answer: str, learner: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_json(), ensure_ascii=False))
     else:
-        click.echo(result.key.question.question)
+        click.echo(result.key.question.prompt)
         _print_grade(result)
 
 

@@ -184,7 +184,7 @@ def question_markdown(pick: Pick | None, note: str = "") -> str:
     q = pick.question
     why = {"due": "back for review", "ahead": "nothing is due yet: practising ahead"}.get(pick.reason, "new")
     where = " · ".join([_e(q.section), why] + ([_e(note)] if note else []))
-    return f"<p class='study-where'>{where}</p>\n\n### {_e(q.question)}"
+    return f"<p class='study-where'>{where}</p>\n\n### {_e(q.prompt)}"
 
 
 def _mark(stated: bool, credit: float) -> str:

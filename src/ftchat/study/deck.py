@@ -44,6 +44,21 @@ class QuizQuestion:
     def section(self) -> str:
         return self.sections[0]
 
+    @property
+    def prompt(self) -> str:
+        """The question as a learner is asked it. Some sample questions were written as
+        search phrases ("GLUE vs SuperGLUE", "swapping words for thesaurus equivalents to make
+        extra training sentences"): those get a lead-in and an ending, so they read as a
+        question; the rest are shown as written."""
+        text = self.question
+        if text[-1:] in "?.!":
+            return text
+        if self.style == "comparison":
+            return f"Compare: {text}."
+        if self.style == "paraphrase":
+            return f"What is this called: {text}?"
+        return text[:1].upper() + text[1:] + ("." if self.style == "symptom" else "?")
+
     def in_scope(self, prefixes: Sequence[str]) -> bool:
         """Whether its section is one of these headings or lies under one (no prefixes: all)."""
         return not prefixes or any(
@@ -51,7 +66,8 @@ class QuizQuestion:
         )
 
     def to_json(self) -> dict:
-        return {"id": self.id, "question": self.question, "section": self.section, "style": self.style}
+        return {"id": self.id, "question": self.question, "section": self.section, "style": self.style,
+                "prompt": self.prompt}
 
 
 def question_id(text: str) -> str:

@@ -46,10 +46,10 @@ def _markdown(keys: Sequence[AnswerKey], scope: Sequence[str], day: date) -> str
         "",
     ]
     for n, key in enumerate(keys, 1):
-        lines += [f"{n}. {key.question.question}", ""]
+        lines += [f"{n}. {key.question.prompt}", ""]
     lines += ["---", "", "## Answer key", ""]
     for n, key in enumerate(keys, 1):
-        lines += [f"### {n}. {key.question.question}", "", "Key points:"]
+        lines += [f"### {n}. {key.question.prompt}", "", "Key points:"]
         lines += [f"- **{p.label}**: {p.sentence.text}" for p in key.points]
         lines += ["", "From the guide: " + "; ".join(_where(key)), ""]
     lines += ["", f"_{CREDIT}_", ""]
@@ -77,10 +77,10 @@ footer { margin-top: 2em; color: #555; font-size: 0.85em; }
 def _html(keys: Sequence[AnswerKey], scope: Sequence[str], day: date) -> str:
     e = html.escape
     questions = "\n".join(
-        f"<li><p>{e(k.question.question)}</p>" + '<div class="lines"></div>' * 3 + "</li>" for k in keys
+        f"<li><p>{e(k.question.prompt)}</p>" + '<div class="lines"></div>' * 3 + "</li>" for k in keys
     )
     answers = "\n".join(
-        f"<div><h3>{n}. {e(k.question.question)}</h3><ul>"
+        f"<div><h3>{n}. {e(k.question.prompt)}</h3><ul>"
         + "".join(f"<li><strong>{e(p.label)}</strong>: {e(p.sentence.text)}</li>" for p in k.points)
         + f'</ul><p class="where">From the guide: {e("; ".join(_where(k)))}</p></div>'
         for n, k in enumerate(keys, 1)
