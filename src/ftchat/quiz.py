@@ -11,7 +11,9 @@ contract for automation (`quiz questions`, `quiz grade`). A thin layer over Assi
 
 from __future__ import annotations
 
+import csv
 import getpass
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import click
 
 from ftchat.config import Settings
+from ftchat.files import write_text_atomically
 from ftchat.study.deck import UnknownQuestion, UnknownSection
 from ftchat.study.grading import AnswerError, Grade
 from ftchat.study.progress import ProgressError
@@ -160,10 +163,7 @@ def _practise(tutor, learner: str, sections: list[str], weakest: bool, count: in
         answer = _read_answer()
         if answer is None:
             break
-        if answer == "?":
-            _print_grade(_checked(tutor.dont_know, q.id, learner))
-        else:
-            _print_grade(_checked(tutor.grade, q.id, answer, learner))
+        _print_grade(tutor.dont_know(q.id, learner) if answer == "?" else tutor.grade(q.id, answer, learner))
         asked, last = asked + 1, q.id
     click.echo(f"\n{asked} answered. `ftchat quiz --progress` shows how you stand.")
 
@@ -211,14 +211,18 @@ def _print_progress(tutor, learner: str) -> None:
 
 
 def _export(tutor, learner: str, path: Path) -> None:
-    text = _checked(tutor.export_csv, learner)
-    if str(path) == "-":
+    text = tutor.export_csv(learner)
+    attempts = sum(1 for _ in csv.reader(io.StringIO(text))) - 1  # an answer may span lines
+    _deliver(text, None if str(path) == "-" else path, f"{attempts} attempts of {learner!r}")
+
+
+def _deliver(text: str, path: Path | None, what: str) -> None:
+    """Print text, or write it to path (atomically) and say so."""
+    if path is None:
         click.echo(text, nl=False)
         return
-    from ftchat.files import write_text_atomically
-
     write_text_atomically(path, text)
-    click.echo(f"Wrote {len(tutor.progress.attempts(learner))} attempts of {learner!r} to {path}")
+    click.echo(f"Wrote {what} to {path}")
 
 
 @quiz.command()
@@ -261,10 +265,4 @@ def grade(qid: str, answer: str, learner: str | None, as_json: bool) -> None:
 def worksheet(sections: tuple[str, ...], count: int, fmt: str, seed: int | None, output: Path | None) -> None:
     """A worksheet on SECTION...: numbered questions, then the answer key with citations."""
     text = _checked(_tutor().worksheet, list(sections), count, fmt, seed)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    from ftchat.files import write_text_atomically
-
-    write_text_atomically(output, text)
-    click.echo(f"Wrote {output}")
+    _deliver(text, output, "the worksheet")

@@ -315,11 +315,12 @@ def _answered(app: ChatApp, learner: str, qid: str | None, answer: str | None):
     if not qid:
         return "<p>Press <b>Next question</b> first.</p>", gr.skip(), gr.skip()
     try:
-        grade = tutor.dont_know(qid, learner) if answer is None else tutor.grade(qid, answer, learner)
+        grade = tutor.dont_know(qid) if answer is None else tutor.grade(qid, answer)
     except AnswerError as exc:
         return f"<p>{_e(str(exc))}</p>", gr.skip(), gr.skip()
-    except ProgressError as exc:  # graded all the same, only not saved
-        grade = tutor.dont_know(qid) if answer is None else tutor.grade(qid, answer)
+    try:
+        tutor.record(learner, grade)
+    except ProgressError as exc:  # the grade is shown all the same, only not saved
         return grade_html(grade) + f"<p>{_e(str(exc))}</p>", gr.skip(), gr.skip()
     return grade_html(grade), progress_html(tutor, learner), _export_file(tutor, learner)
 

@@ -98,6 +98,10 @@ class Deck:
         for q in questions:
             self.by_id.setdefault(q.id, q)  # the same question twice is one question
         self.questions = list(self.by_id.values())
+        # Each section's questions, sections in the order the file first names them.
+        self.by_section: dict[str, list[QuizQuestion]] = {}
+        for q in self.questions:
+            self.by_section.setdefault(q.section, []).append(q)
 
     @classmethod
     def load(cls, path: Path, known_sections: set[str] | None = None) -> Deck:
@@ -120,7 +124,11 @@ class Deck:
             ) from None
 
     def sections(self) -> list[str]:
-        return list(dict.fromkeys(q.section for q in self.questions))
+        return list(self.by_section)
+
+    def in_scope(self, prefixes: Sequence[str] = ()) -> list[QuizQuestion]:
+        """The questions under these headings (no prefixes: all), in file order."""
+        return [q for q in self.questions if q.in_scope(prefixes)]
 
     def headings(self) -> list[str]:
         """Every part, category and section that has quiz questions under it, in guide order."""
@@ -164,11 +172,7 @@ class Deck:
         with `seed`, then taken round-robin by section so that ten questions over three
         sections are not ten questions about one."""
         rng = random.Random(seed)
-        by_section: dict[str, list[QuizQuestion]] = {}
-        for q in self.questions:
-            if q.in_scope(prefixes):
-                by_section.setdefault(q.section, []).append(q)
-        queues = list(by_section.values())
+        queues = [list(qs) for qs in self.by_section.values() if qs[0].in_scope(prefixes)]
         for queue in queues:
             rng.shuffle(queue)
         rng.shuffle(queues)

@@ -6,7 +6,7 @@ the answer says what the key point's guide sentence says, in other words (the em
 cosine). The score is the share of key points stated; the label (correct, partial, wrong)
 comes from the score by the thresholds in GradingPolicy, which were chosen on learner
 answers of our own (train/quiz_answers.jsonl) and judged on a reviewer's
-(eval/quiz_answers.jsonl): docs/study.md has the figures.
+(eval/quiz/reviewer.jsonl): docs/study.md has the figures.
 
 Nothing in an answer is ever followed or run: it is text to compare, however it reads.
 """
@@ -121,24 +121,11 @@ class TextEncoder(Protocol):
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NUMBER_WORDS = {
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-    "twelve": "12",
-    "twenty": "20",
-    "hundred": "100",
-    "half": "half",
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+    "eight": "8", "nine": "9", "ten": "10", "twelve": "12", "twenty": "20", "hundred": "100",
     "twice": "2 times",
-    "thousand": "1000",
 }
-_SCALE = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000, "trillion": 1_000_000_000_000}
+_SCALE_LETTERS = {"k": "thousand", "m": "million", "b": "billion", "t": "trillion"}
 
 
 def words(text: str) -> list[str]:
@@ -146,18 +133,16 @@ def words(text: str) -> list[str]:
     "175 billion", hyphens and apostrophes split."""
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text.lower())
     text = re.sub(r"\b(\d+)\s?x\b", r"\1 times", text)
-    text = re.sub(
-        r"\b(\d+(?:\.\d+)?)\s?([kmbt])\b",
-        lambda m: f"{m[1]} {dict(k='thousand', m='million', b='billion', t='trillion')[m[2]]}",
-        text,
-    )
+    text = re.sub(r"\b(\d+(?:\.\d+)?)\s?([kmbt])\b", lambda m: f"{m[1]} {_SCALE_LETTERS[m[2]]}", text)
     out: list[str] = []
     for word in _TOKEN.findall(text):
-        word = _NUMBER_WORDS.get(word, word) if word not in _SCALE or not out else word
-        if word in _SCALE and out and out[-1].isdigit() and int(out[-1]) < 1000 and word == "thousand":
-            out[-1] = str(int(out[-1]) * 1000)  # "10 thousand" / "ten thousand" -> 10000
+        if word == "thousand" and out:
+            if out[-1].isdigit() and int(out[-1]) < 1000:
+                out[-1] = str(int(out[-1]) * 1000)  # "10 thousand" / "ten thousand" -> 10000
+            else:
+                out.append(word)
             continue
-        out.extend(word.split())
+        out.extend((_NUMBER_WORDS.get(word) or ("1000" if word == "thousand" else word)).split())
     return out
 
 
@@ -220,8 +205,13 @@ def grade(key: AnswerKey, answer: str, embedder: TextEncoder, policy: GradingPol
         raise AnswerError('The answer is empty: write what you know, or choose "I don\'t know".')
     evidence = point_evidence(key, answer, embedder, policy)
     results = tuple(PointResult(p, *credit_for(e, policy)) for p, e in zip(key.points, evidence, strict=True))
-    score = sum(r.credit for r in results) / len(results) if results else 0.0
+    score = score_for(evidence, policy)
     return Grade(key, answer, results, score, label_for(score, policy))
+
+
+def score_for(evidence: list[PointEvidence], policy: GradingPolicy = GRADING) -> float:
+    """The share of key points stated, a close one counting close_credit; 0 with none."""
+    return sum(credit_for(e, policy)[0] for e in evidence) / len(evidence) if evidence else 0.0
 
 
 def credit_for(evidence: PointEvidence, policy: GradingPolicy = GRADING) -> tuple[float, str]:

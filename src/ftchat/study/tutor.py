@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from ftchat.documents.book import Guide
@@ -114,7 +113,7 @@ class Tutor:
         """Grade an answer; with a learner, the attempt is saved and the question rescheduled."""
         result = grade(self.key(qid), answer, self.embedder, self.policy)
         if learner is not None:
-            self._record(learner, result)
+            self.record(learner, result)
         return result
 
     def dont_know(self, qid: str, learner: str | None = None) -> Grade:
@@ -122,10 +121,11 @@ class Tutor:
         key = self.key(qid)
         result = Grade(key, DONT_KNOW, tuple(_missed(p) for p in key.points), 0.0, "wrong")
         if learner is not None:
-            self._record(learner, result)
+            self.record(learner, result)
         return result
 
-    def _record(self, learner: str, result: Grade) -> None:
+    def record(self, learner: str, result: Grade) -> None:
+        """Save a grade as the learner's attempt and reschedule its question."""
         q = result.key.question
         self.progress.record(
             Attempt(clean_learner(learner), q.id, q.section, result.answer, result.score, result.label, now())
@@ -145,7 +145,7 @@ class Tutor:
         section, else the one due soonest. `weakest`: only the learner's weakest sections
         (all of the scope until they have answered something). `after`: not this one again."""
         learner = clean_learner(learner)
-        pool = self.deck.pick(self.resolve(titles), seed=0)
+        pool = self.deck.in_scope(self.resolve(titles))
         if weakest:
             weak = self.weakest_sections(learner)
             pool = [q for q in pool if q.section in weak] or pool
@@ -181,8 +181,8 @@ class Tutor:
         schedule = self.progress.schedule(learner)
         moment = now()
         rows = []
-        for section in self.deck.sections():
-            ids = [q.id for q in self.deck.questions if q.section == section]
+        for section, questions in self.deck.by_section.items():
+            ids = [q.id for q in questions]
             scores = [latest[i][1] for i in ids if i in latest]
             if scores:
                 due = sum(1 for i in ids if i in schedule and schedule[i].due_at <= moment)
@@ -192,10 +192,6 @@ class Tutor:
     def weakest_sections(self, learner: str) -> list[str]:
         rows = sorted(self.mastery(learner), key=lambda m: (m.mastery, -m.due))
         return [m.section for m in rows if m.mastery < 1.0][:WEAKEST_SECTIONS]
-
-    def last_activity(self, learner: str) -> datetime | None:
-        attempts = self.progress.attempts(clean_learner(learner))
-        return attempts[-1].answered_at if attempts else None
 
     def reset(self, learner: str) -> int:
         return self.progress.reset(clean_learner(learner))

@@ -19,7 +19,7 @@ from pathlib import Path
 from ftchat.config import REPO_ROOT
 from ftchat.files import read_objects
 from ftchat.study.deck import UnknownQuestion, question_id
-from ftchat.study.grading import GRADING, GradingPolicy, PointEvidence, credit_for, label_for, point_evidence
+from ftchat.study.grading import GRADING, GradingPolicy, PointEvidence, label_for, point_evidence, score_for
 from ftchat.study.tutor import Tutor
 
 LABELS = ("correct", "partial", "wrong")
@@ -69,10 +69,7 @@ def _evidence(tutor: Tutor, rows: list[LabelledAnswer]) -> list[list[PointEviden
 
 
 def _label(evidence: list[PointEvidence], policy: GradingPolicy) -> str:
-    if not evidence:
-        return "wrong"
-    credits = [credit_for(e, policy)[0] for e in evidence]
-    return label_for(sum(credits) / len(credits), policy)
+    return label_for(score_for(evidence, policy), policy)  # no evidence (an empty answer): wrong
 
 
 def report(rows: list[LabelledAnswer], labels: list[str]) -> dict:
