@@ -30,6 +30,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def json_digest(value: object) -> str:
+    """The sha256 of a JSON value written with sorted keys: what a manifest records of the
+    weights beside it, so that a hand-edited or truncated weight shows as damaged."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def file_record(path: Path) -> dict:
     """What `is_unchanged` later compares: the content's sha256, its size and modification time."""
     stat = path.stat()

@@ -25,14 +25,24 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ftchat.answering.policy import EVIDENCE, EvidencePolicy
 from ftchat.answering.retrieval import Passage
+from ftchat.answering.unit_scorer import UnitScorer, unit_features, unit_signals
+from ftchat.answering.units import (
+    CAUSE,
+    ENUMERATION,
+    REMEDY,
+    Unit,
+    passage_units,
+    question_kind,
+    question_parts,
+)
 from ftchat.models.embedding import Embedder
-from ftchat.text import split_sentences, tokenize
+from ftchat.text import tokenize
 
 # Words a faithful paraphrase may add without adding a claim.
 GENERIC_WORDS = frozenset(
@@ -43,14 +53,6 @@ GENERIC_WORDS = frozenset(
     )
 )
 
-# Openers that lean on the sentence before them.
-LEANING_OPENER = re.compile(
-    r"^(it|its|this|these|they|their|them|those|such|that|here|both|another|however|instead|also|then|"
-    r"the (first|second|third|fourth|latter|former|other|others|last|next|same|rest)|"
-    r"the (main|key|common|usual) ones|one of them)\b",
-    re.IGNORECASE,
-)
-_LIST_LINE = re.compile(r"^\s*([-*\u2022]|\d+[.)])\s+")
 
 # Sentences that address the assistant instead of informing the reader ("ignore previous
 # instructions", "SYSTEM: ...", "from now on you are ..."): a document may contain them, but
@@ -70,86 +72,6 @@ _INSTRUCTION = re.compile(
 def is_instruction(sentence: str) -> bool:
     return bool(_INSTRUCTION.search(sentence))
 
-
-# --- What the question asks ---------------------------------------------------------------
-
-_KINDS: list[tuple[str, re.Pattern]] = [
-    ("comparison", re.compile(r"\b(difference|differences|differ|differs|vs\.?|versus|compared (to|with)|"
-                              r"comparison|better than|worse than|or should i)\b")),
-    ("symptom", re.compile(r"\b(my|i'm|i am|i've|i have|we|our)\b.*\b(forg[eo]t\w*|worse|crash\w*|error|"
-                           r"fails?|failing|won't|doesn't|does not|keeps?|stuck|nan|diverg\w*|overfit\w*|"
-                           r"slow\w*|out of memory|oom|garbage|repeat\w*|bad|wrong|problem|issue|only|"
-                           r"too (much|many|few|little|big|small|long))\b")),
-    ("list", re.compile(r"^(which|what|name|list)\b.*\b(tools?|metrics?|optimi[sz]ers?|methods?|techniques?|"
-                        r"options?|types?|kinds?|strategies|librar(y|ies)|frameworks?|ways?|approaches|"
-                        r"steps|examples?|benchmarks?|models?|tasks|families|variants?|losses|functions|"
-                        r"schedulers?|objectives?|datasets?|risks?|pitfalls?)\b|\b(list|name some|main)\b")),
-    ("how_to", re.compile(r"^(how (do|can|should|would|to|much|many)|what('s| is) the best way|"
-                          r"what should i|when should i|steps to|can i|should i)\b|\bhow to\b")),
-    ("why", re.compile(r"^(why|what causes|how come)\b|\breason\b")),
-    ("definition", re.compile(r"^(what('s| is| are| does)|define|explain|tell me about|meaning of|"
-                              r"who|what was|what were|is there)\b|\bmean\b")),
-    ("yes_no", re.compile(r"^(is|are|can|does|do|should|will|would|did|was)\b")),
-]
-
-
-def question_kind(question: str) -> str:
-    """definition, list, how_to, why, comparison, symptom, yes_no or other."""
-    text = " ".join(question.lower().split())
-    return next((kind for kind, pattern in _KINDS if pattern.search(text)), "other")
-
-
-_REMEDY = re.compile(
-    r"^(use|set|keep|add|filter|lower|raise|reduce|increase|try|freeze|check|start|combine|apply|always|"
-    r"never|avoid|deduplicate|mask|monitor|measure|train|pick|choose|prefer|mix|replay|resize|clip|enable)\b"
-    r"|\b(fix\w*|remed\w*|to avoid|to prevent|prevents?|mitigat\w*|solution|counter\w*|helps?|should|"
-    r"instead|reduces?|lowers?|avoids?)\b",
-    re.IGNORECASE,
-)
-_CAUSE = re.compile(r"\b(because|so that|since|due to|causes?|caused|leads? to|which means|as a result|"
-                    r"reason|so the|otherwise|without)\b", re.IGNORECASE)
-_ENUMERATION = re.compile(r",|\band\b|\bor\b|\bsuch as\b|\binclud\w*")
-
-
-# --- Units --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A sentence of a passage, or a lead-in with its list; `position` orders them."""
-
-    passage: Passage
-    position: int
-    text: str
-
-    @property
-    def words(self) -> int:
-        return len(self.text.split())
-
-    @property
-    def leans(self) -> bool:
-        return bool(LEANING_OPENER.match(self.text))
-
-    @property
-    def is_list(self) -> bool:
-        return "\n" in self.text
-
-
-def passage_units(passage: Passage) -> list[Unit]:
-    """The passage's sentences in reading order; a lead-in ending in ':' is joined with the
-    list that follows it (or dropped, when nothing follows it)."""
-    texts: list[str] = []
-    for paragraph in re.split(r"\n\s*\n", passage.chunk.text.strip()):
-        lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
-        if lines and all(_LIST_LINE.match(line) for line in lines):
-            if texts and texts[-1].endswith(":"):
-                texts[-1] = "\n".join([texts[-1], *lines])
-            else:
-                texts.extend(lines)
-            continue
-        texts.extend(split_sentences(paragraph))
-    return [Unit(passage, i, text) for i, text in enumerate(texts)
-            if not (text.endswith(":") and "\n" not in text)]
 
 
 @dataclass(frozen=True)
@@ -245,11 +167,11 @@ def _score(unit: Unit, kind: str, relevance: float, overview: bool, policy: Evid
     if overview:
         score -= policy.overview_penalty
     if kind == "list":
-        enumerations = min(len(_ENUMERATION.findall(unit.text)), policy.max_enumerations)
+        enumerations = min(len(ENUMERATION.findall(unit.text)), policy.max_enumerations)
         score += policy.enumeration_bonus * enumerations + (policy.list_bonus if unit.is_list else 0.0)
-    elif kind in ("how_to", "symptom") and _REMEDY.search(unit.text):
+    elif kind in ("how_to", "symptom") and REMEDY.search(unit.text):
         score += policy.remedy_bonus
-    elif kind == "why" and _CAUSE.search(unit.text):
+    elif kind == "why" and CAUSE.search(unit.text):
         score += policy.cause_bonus
     return score
 
@@ -273,7 +195,16 @@ class _Chooser:
             if before is None:
                 return None  # its subject is not a usable unit: never shown alone
             group.insert(0, before)
+        group += self._announced_items(i)
         return [j for j in group if j not in self.chosen]
+
+    def _announced_items(self, i: int) -> list[int]:
+        """The sentences after a unit that announces items ("three main families."), which
+        come with it: announced without them, the list is promised and never given."""
+        unit = self.units[i]
+        items = (self.index.get((unit.passage.chunk.id, unit.position + step))
+                 for step in range(1, unit.announced + 1))
+        return [j for j in items if j is not None]
 
     def add(self, i: int, force: bool = False) -> bool:
         group = self._with_predecessors(i)
@@ -306,6 +237,67 @@ def unit_texts(passages: list[Passage]) -> list[str]:
     return [u.text for p in passages for u in passage_units(p)]
 
 
+@dataclass
+class Candidates:
+    """A question's candidate units with what scoring them reads: the contract between
+    retrieval's passages and the scorer, shared with the scorer's training."""
+
+    question: str
+    kind: str
+    units: list[Unit]
+    vectors: np.ndarray  # one unit vector per row, unit-normalized
+    query_vector: np.ndarray
+    question_terms: set[str]
+    overlaps: list[float]  # the idf-weighted share of the question's terms each unit holds
+    overviews: set[str]  # chunk ids of category openings whose term sections were found too
+
+    def signals(self) -> np.ndarray:
+        return unit_signals(self.units, self.vectors @ self.query_vector, self.overlaps,
+                            self.question_terms, self.overviews)
+
+    def features(self) -> np.ndarray:
+        return unit_features(self.signals(), self.kind, self.vectors, self.query_vector)
+
+    def asking(self, part: str, vector: np.ndarray, term_weight: Callable[[str], float] | None) -> Candidates:
+        """The same units read against one part of the question."""
+        terms = set(tokenize(part))
+        return replace(self, question=part, query_vector=vector, question_terms=terms,
+                       overlaps=_overlaps(self.units, terms, term_weight))
+
+
+def _overlaps(units: list[Unit], terms: set[str], term_weight: Callable[[str], float] | None) -> list[float]:
+    weight = term_weight or (lambda term: 1.0)
+    total = max(sum(weight(t) for t in terms), 1e-9)
+    return [sum(weight(t) for t in set(tokenize(u.text)) & terms) / total for u in units]
+
+
+def candidates_for(
+    question: str,
+    passages: list[Passage],
+    embedder: Embedder,
+    *,
+    query_vector: np.ndarray | None = None,
+    term_weight: Callable[[str], float] | None = None,
+    asked: str = "",
+    policy: EvidencePolicy = EVIDENCE,
+) -> Candidates | None:
+    """The units evidence may be chosen from, or None when the passages hold none."""
+    if not passages:
+        return None
+    usable = _usable_passages(passages, policy)
+    units = _candidates(question, usable, policy)
+    if not units:
+        return None
+    vectors = embedder.encode_remembered([u.text for u in units])
+    if query_vector is None:
+        query_vector = embedder.encode([question])[0]
+    question_terms = set(tokenize(question))
+    overlaps = _overlaps(units, question_terms, term_weight)
+    overviews = {p.chunk.id for p in usable if _is_overview(p, usable)}
+    return Candidates(question, question_kind(asked or question), units, vectors, query_vector,
+                      question_terms, overlaps, overviews)
+
+
 def select_evidence(
     question: str,
     passages: list[Passage],
@@ -316,6 +308,7 @@ def select_evidence(
     shown: Sequence[str] = (),
     asked: str = "",
     policy: EvidencePolicy = EVIDENCE,
+    scorer: UnitScorer | None = None,
 ) -> EvidenceSet:
     """The units that best answer the question; `query_vector` saves re-embedding it.
 
@@ -325,36 +318,84 @@ def select_evidence(
     markers), which are not chosen again. `asked`: the reader's own words when `question`
     is a follow-up read together with the turn before; they alone say what kind of question
     it is ("what does it cost?" after "how does QLoRA differ?" is no comparison). `policy`:
-    every number the choice is tuned by, and the corpus's own words (policy.py).
+    every number the choice is tuned by, and the corpus's own words (policy.py). `scorer`:
+    the learned unit scorer (unit_scorer.py); without it the hand rules score and choose.
     """
-    if not passages:
+    found = candidates_for(question, passages, embedder, query_vector=query_vector,
+                           term_weight=term_weight, asked=asked, policy=policy)
+    if found is None:
         return EvidenceSet.empty()
-    usable = _usable_passages(passages, policy)
-    units = _candidates(question, usable, policy)
-    if not units:
-        return EvidenceSet.empty()
-    kind = question_kind(asked or question)
-    vectors = embedder.encode_remembered([u.text for u in units])
-    if query_vector is None:
-        query_vector = embedder.encode([question])[0]
-    question_terms = set(tokenize(question))
-    weight = term_weight or (lambda term: 1.0)
-    total = max(sum(weight(t) for t in question_terms), 1e-9)
-
-    def overlap(unit: Unit) -> float:
-        return sum(weight(t) for t in set(tokenize(unit.text)) & question_terms) / total
-
-    overviews = {p.chunk.id for p in usable if _is_overview(p, usable)}
-    scores = [
-        _score(u, kind, float(vectors[i] @ query_vector) + policy.term_overlap_weight * overlap(u),
-               u.passage.chunk.id in overviews, policy)
-        for i, u in enumerate(units)
-    ]
+    units, vectors = found.units, found.vectors
     repeats = already_shown(units, vectors, shown, embedder, policy.near_duplicate) if shown else set()
-    chosen = _choose(units, vectors, scores, kind, question_terms, overviews, repeats, policy)
-    return _numbered(units, vectors, scores, chosen, question_terms, kind)
+    if scorer is not None:
+        scores = [float(p) for p in scorer.probabilities(found.features())]
+        parts = _part_scores(found, asked or question, embedder, term_weight, scorer)
+        chosen = choose_by_scores(units, vectors, scores, repeats, policy, parts)
+    else:
+        chosen, scores = rule_choice(found, repeats, policy)
+    return _numbered(units, vectors, scores, chosen, found.question_terms, found.kind)
 
 
+def _part_scores(found: Candidates, asked: str, embedder: Embedder,
+                 term_weight: Callable[[str], float] | None, scorer: UnitScorer) -> list[list[float]]:
+    """For a question that asks two things, the scorer's probabilities against each part."""
+    parts = question_parts(asked)
+    if len(parts) < 2:
+        return []
+    vectors = embedder.encode(parts)
+    return [[float(p) for p in scorer.probabilities(found.asking(part, vector, term_weight).features())]
+            for part, vector in zip(parts, vectors, strict=True)]
+
+
+def rule_choice(found: Candidates, repeats: set[int],
+                policy: EvidencePolicy) -> tuple[list[int], list[float]]:
+    """The hand rules' choice (without a scorer) and the scores they gave each unit."""
+    cosines = found.vectors @ found.query_vector
+    scores = [_score(u, found.kind, float(cosines[i]) + policy.term_overlap_weight * found.overlaps[i],
+                     u.passage.chunk.id in found.overviews, policy)
+              for i, u in enumerate(found.units)]
+    chosen = _choose(found.units, found.vectors, scores, found.kind, found.question_terms, found.overviews,
+                     repeats, policy)
+    return chosen, scores
+
+
+def choose_by_scores(units: list[Unit], vectors: np.ndarray, scores: Sequence[float],
+                     repeats: set[int] = frozenset(), policy: EvidencePolicy = EVIDENCE,
+                     part_scores: Sequence[Sequence[float]] = ()) -> list[int]:
+    """The learned choice. The likeliest unit leads and its section answers; for a question
+    of several parts, each part's likeliest unit joins next. Then, one at a time, the unit
+    likeliest to state a point the chosen ones do not already make (its probability minus
+    its closeness to what is chosen) joins, with the sentence it leans on or the items it
+    announces, while any unit is left whose probability is at least `policy.keep_share` of
+    the lead's (`keep_share_elsewhere` outside the leading section), within `max_words`.
+
+    Shares of the lead's rather than fixed probabilities: a question unlike the training
+    ones gets lower probabilities throughout, and fixed floors then cut its answers to a
+    sentence (on train/'s validation split, fixed floors cut misspelled questions' answers
+    to 70 words where shares kept 92)."""
+    ranked = sorted(range(len(units)), key=lambda i: -scores[i])
+    order = [i for i in ranked if i not in repeats] or ranked
+    chooser = _Chooser(units, vectors, policy.max_words, policy.near_duplicate)
+    lead = next((i for i in order if chooser.add(i, force=True)), None)
+    if lead is None:
+        return []
+    for part in part_scores:  # "what is X and how do I avoid it?": each part answered
+        best = max(order, key=lambda i: part[i])
+        if part[best] >= policy.keep_share * scores[lead]:
+            chooser.add(best)
+    section = units[lead].passage.chunk.id
+    share = {True: policy.keep_share, False: policy.keep_share_elsewhere}
+    floor = [scores[lead] * share[u.passage.chunk.id == section] for u in units]
+    waiting = {i for i in order if scores[i] >= floor[i]} - set(chooser.chosen)
+    probabilities = np.asarray(scores, dtype=np.float64)
+    while waiting:
+        candidates = sorted(waiting)
+        closeness = (vectors[candidates] @ vectors[chooser.chosen].T).max(axis=1)
+        best = candidates[int(np.argmax(probabilities[candidates] - policy.redundancy_penalty * closeness))]
+        waiting.discard(best)
+        chooser.add(best)
+        waiting -= set(chooser.chosen)
+    return chooser.chosen
 def already_shown(units: list[Unit], vectors: np.ndarray, shown: Sequence[str],
                   embedder: Embedder, near_duplicate: float) -> set[int]:
     """The units the reader has read in an earlier answer: quoted there, or said again in

@@ -23,7 +23,6 @@ in the manifest. A missing or damaged file is one warning line and the hybrid or
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ftchat.config import RANKER_FILE
+from ftchat.files import json_digest
 from ftchat.text import tokenize
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,6 @@ class Candidate:
     rank: int
 
 
-def weights_digest(weights: dict) -> str:
-    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class LearnedRanker:
     coefficients: np.ndarray  # per feature, on standardized features
@@ -81,7 +77,7 @@ class LearnedRanker:
         manifest, weights = data["manifest"], data["weights"]
         if manifest.get("format") != FORMAT or tuple(manifest.get("features", ())) != FEATURES:
             raise RankerUnavailable(f"not a format-{FORMAT} ranker over this version's features")
-        if weights_digest(weights) != manifest.get("weights_sha256"):
+        if json_digest(weights) != manifest.get("weights_sha256"):
             raise RankerUnavailable("its weights differ from the sha256 its manifest records (damaged)")
         arrays = [np.asarray(weights[k], dtype=np.float64) for k in ("coefficients", "mean", "scale")]
         if any(a.shape != (len(FEATURES),) or not np.all(np.isfinite(a)) for a in arrays):
@@ -92,7 +88,7 @@ class LearnedRanker:
         weights = {"coefficients": self.coefficients.tolist(), "intercept": self.intercept,
                    "mean": self.mean.tolist(), "scale": self.scale.tolist()}
         manifest = {**self.manifest, "format": FORMAT, "features": list(FEATURES), "depth": self.depth,
-                    "weights_sha256": weights_digest(weights)}
+                    "weights_sha256": json_digest(weights)}
         return {"manifest": manifest, "weights": weights}
 
     def logits(self, features: np.ndarray) -> np.ndarray:
