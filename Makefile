@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.ftchat-runtime
 DEV_STAMP := $(VENV)/.ftchat-dev
 
-.PHONY: run setup setup-dev test test-fast check-data lint index vectors bench calibrate loadtest train train-ranker clean
+.PHONY: run setup setup-dev test test-fast check-data lint index vectors bench calibrate loadtest train train-ranker train-scorer clean
 
 run: setup
 	$(BIN)/python app.py
@@ -76,6 +76,13 @@ train: setup
 # the folds it mined. Options: RANKER_ARGS="--work-dir DIR".
 train-ranker: setup
 	$(BIN)/ftchat train-ranker $(RANKER_ARGS)
+
+# The learned unit scorer (answering/unit_scorer.py, on unless FTCHAT_SCORER=off) fitted on
+# train/questions.jsonl's nuggets, with the evidence choice's settings chosen on its
+# validation split and the ablation table of docs/evaluation.md; about 3 min on 2 cores.
+# Options: SCORER_ARGS="--work-dir DIR".
+train-scorer: setup
+	$(BIN)/ftchat train-scorer --ablation $(SCORER_ARGS)
 
 # 8 concurrent sessions x 25 questions against the page on a free loopback port (~15 min).
 # Options: make loadtest LOADTEST_ARGS="--sessions 4 --questions 6" (ftchat loadtest --help).

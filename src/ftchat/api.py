@@ -30,6 +30,7 @@ from ftchat.answering.prompt import build_messages
 from ftchat.answering.rerank import load_ranker
 from ftchat.answering.retrieval import Passage, Retriever, clean_question
 from ftchat.answering.streamcheck import StreamCheck
+from ftchat.answering.unit_scorer import load_unit_scorer
 from ftchat.config import Settings
 from ftchat.documents.book import Contents, Guide, GuideSection
 from ftchat.documents.corpus import display_path, load_profile
@@ -48,6 +49,11 @@ class Assistant:
         # The corpus's own words about itself (corpus.toml) join the evidence rules.
         profile = load_profile(self.settings.corpus_dir)
         self.evidence_policy = EVIDENCE.for_corpus(profile.about_section, profile.self_reference)
+        # The learned unit scorer and the choice fitted with it, or None: the hand rules.
+        scorer_file = self.settings.unit_scorer_file
+        self.unit_scorer = load_unit_scorer(scorer_file) if scorer_file else None
+        if self.unit_scorer is not None:
+            self.evidence_policy = self.evidence_policy.with_choice(self.unit_scorer.choice)
         self._index: Index | None = None
         self._retriever: Retriever | None = None
         self._guide: tuple[Index, Guide] | None = None  # and the index it was read from
@@ -232,7 +238,7 @@ class Assistant:
         return select_evidence(
             turn.query, turn.passages, retriever.embedder, query_vector=turn.query_vector,
             term_weight=self.index.keyword.idf, shown=shown_sentences(turn.question, earlier_answers or []),
-            asked=turn.question, policy=self.evidence_policy,
+            asked=turn.question, policy=self.evidence_policy, scorer=self.unit_scorer,
         )
 
     def _retrieve(self, question: str, history: list[str], k: int | None) -> _Turn:

@@ -504,6 +504,42 @@ def train_ranker(**options: object) -> None:
                f"{v['hybrid_recall_at_1']:.3f}, {v['questions']} questions)")
 
 
+@main.command(name="train-scorer")
+@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Training questions with nuggets (default train/questions.jsonl).")
+@click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Scorer file to write (default: the one shipped in the package).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Mining indexes (default: the cache's ranker-training/, shared with train-ranker).")
+@click.option("--ablation", is_flag=True, default=None,
+              help="Also measure each hand rule and each group of signals removed; prints the table.")
+def train_scorer(**options: object) -> None:
+    """Fit the learned unit scorer on the guide's questions and their nuggets (a few minutes).
+
+    Its units come from ftchat's own retrieval; the validation split chooses its strength
+    and how evidence is chosen with it (docs/evaluation.md).
+    """
+    from ftchat.api import Assistant
+    from ftchat.tools import evidence_training as et
+    from ftchat.tools import ranker_training as rt
+
+    logging.getLogger("ftchat").setLevel(logging.INFO)
+    config = et.ScorerConfig().with_overrides(**options)
+    settings = _settings()
+    try:
+        m = et.train_scorer(settings, config, Assistant(settings).evidence_policy)
+    except rt.RankerDataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    v = m["validation"]
+    click.echo(f"Scorer written to {config.output_file} in {m['seconds']:.0f} s. Validation "
+               f"({v['questions']} questions): nugget recall {v['learned']['nugget_recall']:.3f}, "
+               f"complete {v['learned']['complete']:.1%}, {v['learned']['words']:.0f} words; hand rules "
+               f"{v['hand_rules']['nugget_recall']:.3f}, {v['hand_rules']['complete']:.1%}, "
+               f"{v['hand_rules']['words']:.0f} words")
+    if "ablation" in v:
+        click.echo(et.ablation_markdown(v["ablation"]))
+
+
 @main.command()
 @click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Questions to fit on (default train/questions.jsonl).")

@@ -110,6 +110,8 @@ GATE_FILE = PACKAGE_DIR / "answering" / "gate.json"
 ADAPTERS_DIR = PACKAGE_DIR / "models" / "lora_adapters"
 # The learned ranker's weights (answering/rerank.py), beside the module; `make train-ranker` writes them.
 RANKER_FILE = PACKAGE_DIR / "answering" / "ranker.json"
+# The learned unit scorer (answering/unit_scorer.py), beside the module; `make train-scorer` writes it.
+UNIT_SCORER_FILE = PACKAGE_DIR / "answering" / "unit_scorer.json"
 
 
 def _calibrated_threshold() -> float:
@@ -139,6 +141,15 @@ def _env_ranker() -> Path | None:
     if value.lower() in ("", "off", "none", "0", "false"):
         return None
     return RANKER_FILE if value.lower() in ("on", "1", "true") else Path(value).expanduser()
+
+
+def _env_scorer() -> Path | None:
+    """FTCHAT_SCORER: "on" (the default) for the shipped unit scorer, a scorer file, or
+    "off" for the hand rules (answering/unit_scorer.py, docs/evaluation.md)."""
+    value = os.environ.get("FTCHAT_SCORER", "").strip()
+    if value.lower() in ("off", "none", "0", "false"):
+        return None
+    return UNIT_SCORER_FILE if value.lower() in ("", "on", "1", "true") else Path(value).expanduser()
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,8 @@ class Settings:
     # fitted on train/questions.jsonl by `ftchat calibrate --save` (None: the cosine decides).
     ranker_file: Path | None = field(default_factory=_env_ranker)
     learned_gate_threshold: float | None = field(default_factory=lambda: _learned_threshold())
+    # The learned unit scorer's file, which chooses the evidence sentences (None: the hand rules).
+    unit_scorer_file: Path | None = field(default_factory=_env_scorer)
     # Questions longer than this are cut before retrieval; the embedder reads far less anyway.
     max_question_chars: int = 2000
     # Generator speed: weight dtype ("auto" = bfloat16 where the CPU runs it natively, else
@@ -232,6 +245,7 @@ class Settings:
             FTCHAT_THREADS=str(self.threads),
             FTCHAT_DECODER=self.decoder,
             FTCHAT_RANKER=str(self.ranker_file) if self.ranker_file else "off",
+            FTCHAT_SCORER=str(self.unit_scorer_file) if self.unit_scorer_file else "off",
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
         )

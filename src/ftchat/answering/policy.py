@@ -75,6 +75,21 @@ class EvidencePolicy:
     near_duplicate: float = 0.85
     word_budget: Mapping[str, int] = field(default_factory=_budgets)
 
+    # The learned choice (unit_scorer.py) -------------------------------------------------
+    # All chosen on train/'s validation split by `make train-scorer`, which records them in
+    # unit_scorer.json (loaded over these by with_choice). A unit of the leading section
+    # joins while the scorer gives it at least this share of the lead's probability of
+    # stating one of the question's points; a unit of another section needs the second
+    # share (an answer reads best from one place, and a neighbour's sentence is more often
+    # filler).
+    keep_share: float = 0.3
+    keep_share_elsewhere: float = 0.5
+    # Among those, the next is the likeliest minus this times its cosine to the closest
+    # chosen unit: two sentences saying one thing state one point.
+    redundancy_penalty: float = 0.2
+    # However many units qualify, the answer stops before this many words.
+    max_words: int = 120
+
     # The corpus's own words (documents.corpus.CorpusProfile) --------------------------------
     # Sentences about the document rather than its subject, never evidence unless the
     # question is about the document itself: generic words, plus the corpus's own pattern.
@@ -82,6 +97,12 @@ class EvidencePolicy:
                                                 re.IGNORECASE)
     # The top heading of the corpus's section about itself ("About this guide"), if any.
     about_section: str = ""
+
+    def with_choice(self, choice: Mapping[str, float]) -> EvidencePolicy:
+        """This policy with the learned choice's settings a scorer file was fitted with;
+        names this version does not know are ignored, so an older file still loads."""
+        known = {"keep_share", "keep_share_elsewhere", "redundancy_penalty", "max_words"}
+        return replace(self, **{k: v for k, v in choice.items() if k in known})
 
     def for_corpus(self, about_section: str, self_reference: str) -> EvidencePolicy:
         """This policy with a corpus's own section about itself and its self-references."""

@@ -50,6 +50,7 @@ class TrainingQuestion:
     question: str
     sections: tuple[str, ...]  # empty for an out-of-scope question
     split: str
+    nuggets: tuple[tuple[str, ...], ...] = ()  # the facts a good answer states, each with its wordings
 
     @property
     def answerable(self) -> bool:
@@ -90,8 +91,12 @@ def load_questions(path: Path) -> list[TrainingQuestion]:
             raise RankerDataError(f'{where}: "sections" must be a list of section titles')
         if answerable and not sections:
             raise RankerDataError(f'{where}: an in-scope row names its sections in "sections"')
-        rows.append(TrainingQuestion(" ".join(question.split()),
-                                     tuple(sections) if answerable else (), value["split"]))
+        nuggets = value.get("nuggets", [])
+        if not isinstance(nuggets, list) or not all(
+                isinstance(n, list) and n and all(isinstance(a, str) and a for a in n) for n in nuggets):
+            raise RankerDataError(f'{where}: "nuggets" must be a list of non-empty lists of wordings')
+        rows.append(TrainingQuestion(" ".join(question.split()), tuple(sections) if answerable else (),
+                                     value["split"], tuple(tuple(n) for n in nuggets)))
     if not rows:
         raise RankerDataError(f"{path} has no training rows")
     return rows

@@ -31,6 +31,11 @@ def markdown(r: dict) -> str:
          f"{_fmt(r.get('learned_ranking_peak_mb'), ' MB', 0)}"
          + ("" if r.get("learned_ranker", True) else " (ranker missing: hybrid order)"),
          f"retrieval with it: {_fmt(r['retrieval_ms_p50'], ' ms')} median", "≤ 150 ms / 0.5 s / 60 MB"),
+        ("choosing evidence: median / p95 (added by the learned scorer)",
+         f"{_fmt(r.get('evidence_ms_p50'), ' ms')} / {_fmt(r.get('evidence_ms_p95'), ' ms')} "
+         f"({_fmt(r.get('unit_scoring_ms_p50'), ' ms')})"
+         + ("" if r.get("unit_scorer", True) else " (scorer missing: hand rules)"),
+         f"hand rules: {_fmt(r.get('evidence_rules_ms_p50'), ' ms')}", "≤ 100 ms added"),
         ("quiz: grading one answer, median / p95",
          f"{_fmt(r.get('quiz_grading_ms_p50'), ' ms')} / {_fmt(r.get('quiz_grading_ms_p95'), ' ms')} "
          f"({r.get('quiz_grading_answers', 0)} answers)", "", "≤ 100 ms"),

@@ -17,6 +17,7 @@ from ftchat.tools.bench.timings import (
     bench_agreement,
     bench_answers,
     bench_decode,
+    bench_evidence,
     bench_grading,
     bench_guide_index,
     bench_large_corpus,
@@ -47,6 +48,8 @@ def run(settings: Settings | None = None, quick: bool = False) -> dict:
     result.update(bench_retrieval(assistant, repeats))
     log("quiz grading")
     result.update(bench_grading(assistant, repeats))
+    log("choosing evidence")
+    result.update(bench_evidence(assistant, repeats))
     result.update(_bench_model(assistant, result, quick, repeats))
     result.update(_bench_float32_path(assistant, quick))
     result["presets"] = bench_presets(assistant, quick)

@@ -22,6 +22,7 @@ ANSWER_QUESTIONS = [
     "How does QLoRA save memory?",
     "What is catastrophic forgetting?",
 ]
+TWO_PART_QUESTION = "What is catastrophic forgetting and how do I avoid it?"
 RETRIEVAL_QUESTIONS = ANSWER_QUESTIONS + [
     "What is GPTQ?",
     "How should I pick a learning rate schedule?",
@@ -106,6 +107,31 @@ def bench_grading(assistant, repeats: int, count: int = 20) -> dict:
             "quiz_grading_answers": len(timings)}
 
 
+def bench_evidence(assistant, repeats: int) -> dict:
+    """Choosing a question's evidence from its retrieved passages: with the learned unit
+    scorer (as answers are built) and with the hand rules, on the same passages, so the
+    difference is what scoring adds to a question. A question of two parts embeds each."""
+    from ftchat.answering.evidence import select_evidence
+
+    embedder, idf = assistant.retriever.embedder, assistant.index.keyword.idf
+    scorer = assistant.unit_scorer
+    asked = [*RETRIEVAL_QUESTIONS, TWO_PART_QUESTION]
+    questions = [(q, assistant.retriever.search(q)) for q in asked]
+    ways = {"learned": scorer, "rules": None}
+    timings: dict[str, list[float]] = {name: [] for name in ways}
+    for number in range(repeats + 1):  # the first round is a warm-up
+        for question, passages in questions:
+            for name, way_scorer in ways.items():
+                started = time.perf_counter()
+                select_evidence(question, passages, embedder, term_weight=idf, asked=question,
+                                policy=assistant.evidence_policy, scorer=way_scorer)
+                if number:
+                    timings[name].append((time.perf_counter() - started) * 1000)
+    return {"evidence_ms_p50": p50(timings["learned"]), "evidence_ms_p95": p95(timings["learned"]),
+            "evidence_rules_ms_p50": p50(timings["rules"]), "unit_scorer": scorer is not None,
+            "unit_scoring_ms_p50": p50(timings["learned"]) - p50(timings["rules"])}
+
+
 # --- Answers and decoding -----------------------------------------------------------------
 
 
@@ -134,13 +160,10 @@ def bench_decode(assistant, generator, repeats: int) -> dict:
 
     Prefill is timed to the first token (the whole prompt read, one token chosen); decoding
     is every token after it."""
-    from ftchat.answering.evidence import select_evidence
     from ftchat.answering.prompt import build_messages
 
     question = ANSWER_QUESTIONS[0]
-    passages = assistant.retriever.search(question)
-    evidence = select_evidence(question, passages, assistant.retriever.embedder,
-                               term_weight=assistant.index.keyword.idf)
+    evidence = assistant.evidence(question)
     prompt = generator.prompt_tokens(build_messages(question, evidence))
     prefill, decode = [], []
     for _ in range(repeats + 1):  # the first run is a warm-up
