@@ -100,6 +100,17 @@ def test_what_the_reader_has_read_is_not_chosen_again() -> None:
     assert choose_by_scores(units, vectors, [0.9, 0.5], repeats={0}, policy=EVIDENCE) == [1]
 
 
+def test_a_follow_up_does_not_repeat_a_sentence_to_show_one_that_leans_on_it() -> None:
+    units = _units(["Multi-task learning trains one model on several tasks at once.",
+                    "Its main risk is negative transfer between tasks.",
+                    "Task sampling weights decide how often each task is seen."], "Multi-task learning")
+    vectors = np.eye(3, dtype=np.float32)
+    # "what can go wrong with it?": the leaning sentence is the likeliest, its subject was read.
+    assert choose_by_scores(units, vectors, [0.5, 0.9, 0.4], repeats={0}, policy=EVIDENCE) == [2]
+    # When nothing else is left, it comes with its subject rather than alone.
+    assert choose_by_scores(units[:2], vectors[:2], [0.5, 0.9], repeats={0}, policy=EVIDENCE) == [0, 1]
+
+
 # --- On the real guide, with the shipped scorer ---------------------------------------------
 
 

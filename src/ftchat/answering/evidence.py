@@ -177,12 +177,15 @@ def _score(unit: Unit, kind: str, relevance: float, overview: bool, policy: Evid
 
 
 class _Chooser:
-    """Adds units within the word budget, each leaning unit with its predecessor."""
+    """Adds units within the word budget, each leaning unit with its predecessor. A unit
+    whose predecessor the reader has already read (`shown`) is not added: the predecessor
+    would be shown again, and without it the unit dangles."""
 
     def __init__(self, units: list[Unit], vectors: np.ndarray, budget: int,
-                 near_duplicate: float) -> None:
+                 near_duplicate: float, shown: set[int] = frozenset()) -> None:
         self.units, self.vectors, self.budget = units, vectors, budget
         self.near_duplicate = near_duplicate
+        self.shown = shown
         self.index = {(u.passage.chunk.id, u.position): i for i, u in enumerate(units)}
         self.chosen: list[int] = []
         self.words = 0
@@ -192,7 +195,7 @@ class _Chooser:
         while self.units[group[0]].leans:
             unit = self.units[group[0]]
             before = self.index.get((unit.passage.chunk.id, unit.position - 1))
-            if before is None:
+            if before is None or before in self.shown:
                 return None  # its subject is not a usable unit: never shown alone
             group.insert(0, before)
         group += self._announced_items(i)
@@ -374,9 +377,8 @@ def choose_by_scores(units: list[Unit], vectors: np.ndarray, scores: Sequence[fl
     sentence (on train/'s validation split, fixed floors cut misspelled questions' answers
     to 70 words where shares kept 92)."""
     ranked = sorted(range(len(units)), key=lambda i: -scores[i])
-    order = [i for i in ranked if i not in repeats] or ranked
-    chooser = _Chooser(units, vectors, policy.max_words, policy.near_duplicate)
-    lead = next((i for i in order if chooser.add(i, force=True)), None)
+    order, chooser = _unread_first(units, vectors, ranked, repeats, policy.max_words, policy)
+    lead = _lead(chooser, order)
     if lead is None:
         return []
     for part in part_scores:  # "what is X and how do I avoid it?": each part answered
@@ -408,13 +410,29 @@ def already_shown(units: list[Unit], vectors: np.ndarray, shown: Sequence[str],
             if " ".join(u.text.split()) in earlier or float(close[i]) > near_duplicate}
 
 
+def _unread_first(units: list[Unit], vectors: np.ndarray, ranked: list[int], repeats: set[int],
+                  budget: int, policy: EvidencePolicy) -> tuple[list[int], _Chooser]:
+    """What the reader has already read is left out, unless it is all there is."""
+    fresh = [i for i in ranked if i not in repeats]
+    shown = repeats if fresh else set()
+    return fresh or ranked, _Chooser(units, vectors, budget, policy.near_duplicate, shown)
+
+
+def _lead(chooser: _Chooser, order: list[int]) -> int | None:
+    """The first unit of `order` that can be shown; when every one leans on a sentence the
+    reader has read, the first that can be shown with it."""
+    lead = next((i for i in order if chooser.add(i, force=True)), None)
+    if lead is None and chooser.shown:
+        chooser.shown = set()
+        lead = next((i for i in order if chooser.add(i, force=True)), None)
+    return lead
+
+
 def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: str,
             question_terms: set[str], overviews: set[str], repeats: set[int] = frozenset(),
             policy: EvidencePolicy = EVIDENCE) -> list[int]:
     ranked = sorted(range(len(units)), key=lambda i: -scores[i])
-    # What the reader has already read is left out, unless it is all there is.
-    order = [i for i in ranked if i not in repeats] or ranked
-    chooser = _Chooser(units, vectors, policy.word_budget[kind], policy.near_duplicate)
+    order, chooser = _unread_first(units, vectors, ranked, repeats, policy.word_budget[kind], policy)
     # The best unit leads, and its section answers. The fused ranking's favourite gets a
     # head start (it knows more than one sentence's similarity), but a category overview
     # or a section that merely shares words loses to a unit that says what was asked.
@@ -422,7 +440,9 @@ def _choose(units: list[Unit], vectors: np.ndarray, scores: list[float], kind: s
     ranks = [u.passage.rank for u in units if u.passage.chunk.id not in overviews]
     top = min(ranks or [u.passage.rank for u in units])
     order.sort(key=lambda i: -(scores[i] + (policy.lead_bonus if units[i].passage.rank == top else 0.0)))
-    lead = next(i for i in order if chooser.add(i, force=True))
+    lead = _lead(chooser, order)
+    if lead is None:
+        return []
     lead_score = scores[lead]
     sides = {units[lead].passage.chunk.title}
     # When another section leads, the fused ranking's favourite still gets its best unit
