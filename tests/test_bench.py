@@ -19,6 +19,7 @@ REQUIRED = [
     "machine", "retrieval_ms_p50", "first_token_ms_p50", "answer_ms_p50", "decode_tokens_per_s",
     "baseline_decode_tokens_per_s", "bandwidth_bound_tokens_per_s", "cold_start_answer_s",
     "cold_start_page_s", "peak_rss_mb", "index_build_s", "first_visible_text_ms_p50", "quiz_grading_ms_p50",
+    "evidence_ms_p50", "unit_scoring_ms_p50",
 ]
 
 
@@ -40,6 +41,10 @@ def check_consistent(result: dict) -> None:
     """What any bench result must satisfy on any machine (no timing targets): each figure in
     the unit its key names, each derived figure computed from the ones it is derived from,
     and no decoding faster than the memory-bandwidth bound the same run reports."""
+    if "evidence_ms_p50" in result:  # what scoring adds is the difference of the two medians
+        assert result["unit_scoring_ms_p50"] == pytest.approx(
+            result["evidence_ms_p50"] - result["evidence_rules_ms_p50"], abs=1e-6)
+        assert result["unit_scorer"] is True  # the shipped scorer loads
     bandwidth = result["memory_bandwidth_gbs"]
     # A CPU reads between a few and a few hundred GB/s; MB/s or bytes/s would be far outside.
     assert 0.5 <= bandwidth <= 2000, f"{bandwidth} GB/s is no machine's read bandwidth"

@@ -130,17 +130,24 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def hand_rules(assistant):
-    """The same guide with the scorer off (FTCHAT_SCORER=off): the hand rules choose."""
+    """The same guide with the scorer off (FTCHAT_SCORER=off, the default): the hand rules."""
     return type(assistant)(replace(assistant.settings, unit_scorer_file=None))
+
+
+@pytest.fixture(scope="module")
+def learned(assistant):
+    """The same guide with the shipped scorer (FTCHAT_SCORER=on)."""
+    return type(assistant)(replace(assistant.settings, unit_scorer_file=UNIT_SCORER_FILE))
 
 
 @pytest.mark.parametrize("question", QUESTIONS)
 @pytest.mark.parametrize("way", ["learned", "hand rules"])
 def test_real_evidence_keeps_lists_whole_and_leaning_sentences_with_their_subject(
-        assistant, hand_rules, question, way):
+        learned, hand_rules, question, way):
     from ftchat.answering.units import passage_units
 
-    evidence = (assistant if way == "learned" else hand_rules).evidence(question)
+    assistant = learned if way == "learned" else hand_rules
+    evidence = assistant.evidence(question)
     assert evidence.items
     chosen = {(e.passage.chunk.id, e.sentence) for e in evidence.items}
     for e in evidence.items:
@@ -154,12 +161,25 @@ def test_real_evidence_keeps_lists_whole_and_leaning_sentences_with_their_subjec
     assert sum(len(e.sentence.split()) for e in evidence.items) <= assistant.evidence_policy.max_words + 60
 
 
-def test_the_shipped_scorer_chooses_and_answers_on_the_real_guide(assistant, scorer):
-    assert assistant.unit_scorer is not None
-    assert assistant.evidence_policy.keep_share == scorer.choice["keep_share"]
-    evidence = assistant.evidence("How do I keep the cost of training down?")
+def test_the_shipped_scorer_chooses_and_answers_on_the_real_guide(learned, scorer):
+    assert learned.unit_scorer is not None
+    assert learned.evidence_policy.keep_share == scorer.choice["keep_share"]
+    evidence = learned.evidence("How do I keep the cost of training down?")
     assert all(0.0 <= e.score <= 1.0 for e in evidence.items)  # probabilities, not rule scores
     assert any("LoRA" in e.sentence for e in evidence.items)
+    assert learned.ask("How does RLHF work?").answerable
+
+
+def test_the_scorer_is_off_unless_asked_for(monkeypatch, tmp_path):
+    from ftchat.config import Settings
+
+    monkeypatch.delenv("FTCHAT_SCORER", raising=False)
+    assert Settings().unit_scorer_file is None
+    monkeypatch.setenv("FTCHAT_SCORER", "on")
+    assert Settings().unit_scorer_file == UNIT_SCORER_FILE
+    monkeypatch.setenv("FTCHAT_SCORER", str(tmp_path / "mine.json"))
+    assert Settings().unit_scorer_file == tmp_path / "mine.json"
+    assert Settings().child_environment()["FTCHAT_SCORER"] == str(tmp_path / "mine.json")
 
 
 # --- Its file ----------------------------------------------------------------------------------
@@ -222,8 +242,8 @@ def test_the_shipped_manifest_records_base_data_settings_choice_and_validation(s
     assert manifest["base"]["embedder_sha256"] and manifest["data"]["sha256"] and manifest["settings"]
     assert manifest["signals"] == list(SIGNALS) and manifest["machine"]["cpu"]
     validation = manifest["validation"]
-    # It is the default because it chose, on the validation split, answers at least as
-    # complete as the hand rules', no longer than theirs.
+    # Chosen on the validation split: answers at least as complete as the hand rules', no
+    # longer than theirs (it is off by default for what a judge read on blind.jsonl).
     assert validation["learned"]["complete"] >= validation["hand_rules"]["complete"]
     assert validation["learned"]["words"] <= validation["length_bound_words"]
     assert set(scorer.choice) == set(et.CHOICE_GRID)

@@ -88,7 +88,7 @@ class EvidencePolicy:
     # chosen unit: two sentences saying one thing state one point.
     redundancy_penalty: float = 0.2
     # However many units qualify, the answer stops before this many words.
-    max_words: int = 120
+    max_words: int = 110
 
     # The corpus's own words (documents.corpus.CorpusProfile) --------------------------------
     # Sentences about the document rather than its subject, never evidence unless the

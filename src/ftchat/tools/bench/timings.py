@@ -110,21 +110,25 @@ def bench_grading(assistant, repeats: int, count: int = 20) -> dict:
 def bench_evidence(assistant, repeats: int) -> dict:
     """Choosing a question's evidence from its retrieved passages: with the learned unit
     scorer (as answers are built) and with the hand rules, on the same passages, so the
-    difference is what scoring adds to a question. A question of two parts embeds each."""
+    difference is what scoring adds to a question (the shipped scorer, whether or not
+    FTCHAT_SCORER turns it on). A question of two parts embeds each part."""
     from ftchat.answering.evidence import select_evidence
+    from ftchat.answering.unit_scorer import load_unit_scorer
 
     embedder, idf = assistant.retriever.embedder, assistant.index.keyword.idf
-    scorer = assistant.unit_scorer
+    scorer = assistant.unit_scorer or load_unit_scorer()
+    policy = assistant.evidence_policy
     asked = [*RETRIEVAL_QUESTIONS, TWO_PART_QUESTION]
     questions = [(q, assistant.retriever.search(q)) for q in asked]
-    ways = {"learned": scorer, "rules": None}
+    learned_policy = policy.with_choice(scorer.choice) if scorer else policy
+    ways = {"learned": (scorer, learned_policy), "rules": (None, policy)}
     timings: dict[str, list[float]] = {name: [] for name in ways}
     for number in range(repeats + 1):  # the first round is a warm-up
         for question, passages in questions:
-            for name, way_scorer in ways.items():
+            for name, (way_scorer, way_policy) in ways.items():
                 started = time.perf_counter()
                 select_evidence(question, passages, embedder, term_weight=idf, asked=question,
-                                policy=assistant.evidence_policy, scorer=way_scorer)
+                                policy=way_policy, scorer=way_scorer)
                 if number:
                     timings[name].append((time.perf_counter() - started) * 1000)
     return {"evidence_ms_p50": p50(timings["learned"]), "evidence_ms_p95": p95(timings["learned"]),
