@@ -64,6 +64,8 @@ def test_a_sentence_that_announces_a_list_comes_with_its_items() -> None:
     chosen = sorted(choose_by_scores(units, vectors, scores, policy=EVIDENCE))
     assert chosen == [0, 1, 2, 3, 4]
     assert units[1].announced == 3 and units[0].announced == 0
+    # In a follow-up, an item the reader has already read is not shown again.
+    assert sorted(choose_by_scores(units, vectors, scores, repeats={3}, policy=EVIDENCE)) == [0, 1, 2, 4]
 
 
 def test_a_two_part_question_is_answered_on_both_parts() -> None:

@@ -207,7 +207,7 @@ class _Chooser:
         unit = self.units[i]
         items = (self.index.get((unit.passage.chunk.id, unit.position + step))
                  for step in range(1, unit.announced + 1))
-        return [j for j in items if j is not None]
+        return [j for j in items if j is not None and j not in self.shown]  # read already: not again
 
     def add(self, i: int, force: bool = False) -> bool:
         group = self._with_predecessors(i)
