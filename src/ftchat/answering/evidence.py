@@ -18,6 +18,11 @@ come from the section that answers it, and read on their own:
 - A follow-up adds: a sentence the conversation has already shown is not chosen again
   (unless nothing else is left), so "what does it cost in memory?" after "what is QLoRA?"
   leads with the memory figures rather than the definition the reader just read.
+
+Those are the hand rules (`rule_choice`), the default. With the learned unit scorer
+(unit_scorer.py, FTCHAT_SCORER=on) `choose_by_scores` chooses instead, by each unit's
+probability of stating one of the question's points; both read the same `Candidates` and
+keep units whole the same way (`_Chooser`). docs/evaluation.md compares them.
 """
 
 from __future__ import annotations

@@ -17,8 +17,13 @@ A cross-encoder over (question, unit) pairs reads the words themselves, but cost
 forward pass per unit: 20 units took hundreds of milliseconds on 2 cores (docs/evaluation.md).
 
 It ships as `unit_scorer.json` beside this module: the weights and a manifest (features,
-data sha256, settings, validation figures, machine), with the sha256 of the weights. A
-missing or damaged file is one warning line, and the hand rules choose (evidence.py).
+data sha256, settings, the choice's fitted settings, validation figures and the ablation
+table, machine), with the sha256 of the weights. A missing or damaged file is one warning
+line, and the hand rules choose (evidence.py).
+
+It is off unless FTCHAT_SCORER=on: it tied the hand rules on train/'s validation split and
+raised nugget recall on the eval sets, but a blind judge read its answers as less readable
+(docs/evaluation.md).
 """
 
 from __future__ import annotations
