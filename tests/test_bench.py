@@ -42,8 +42,8 @@ def check_consistent(result: dict) -> None:
     the unit its key names, each derived figure computed from the ones it is derived from,
     and no decoding faster than the memory-bandwidth bound the same run reports."""
     if "evidence_ms_p50" in result:  # what scoring adds is the difference of the two medians
-        assert result["unit_scoring_ms_p50"] == pytest.approx(
-            result["evidence_ms_p50"] - result["evidence_rules_ms_p50"], abs=1e-6)
+        assert result["unit_scoring_ms_p50"] == pytest.approx(  # each rounded to 0.001 ms
+            result["evidence_ms_p50"] - result["evidence_rules_ms_p50"], abs=2e-3)
         assert result["unit_scorer"] is True  # the shipped scorer loads
     bandwidth = result["memory_bandwidth_gbs"]
     # A CPU reads between a few and a few hundred GB/s; MB/s or bytes/s would be far outside.
