@@ -169,7 +169,6 @@ def test_the_shipped_scorer_chooses_and_answers_on_the_real_guide(learned, score
     evidence = learned.evidence("How do I keep the cost of training down?")
     assert all(0.0 <= e.score <= 1.0 for e in evidence.items)  # probabilities, not rule scores
     assert any("LoRA" in e.sentence for e in evidence.items)
-    assert learned.ask("How does RLHF work?").answerable
 
 
 def test_the_scorer_is_off_unless_asked_for(monkeypatch, tmp_path):
@@ -217,8 +216,7 @@ def test_a_missing_or_damaged_scorer_is_one_warning_and_no_scorer(tmp_path, capl
     assert "hand rules" in warnings[0].getMessage() and str(path) in warnings[0].getMessage()
 
 
-def test_with_a_damaged_scorer_the_hand_rules_choose_and_answers_still_come(tmp_path, assistant,
-                                                                            hand_rules):
+def test_with_a_damaged_scorer_the_hand_rules_choose_the_evidence(tmp_path, assistant, hand_rules):
     path = tmp_path / "unit_scorer.json"
     _damage(path, "edited weight")
     damaged = type(assistant)(assistant.settings.with_overrides(unit_scorer_file=path))
@@ -226,9 +224,10 @@ def test_with_a_damaged_scorer_the_hand_rules_choose_and_answers_still_come(tmp_
     assert hand_rules.unit_scorer is None and damaged.unit_scorer is None
     assert damaged.evidence_policy.keep_share == EVIDENCE.keep_share
     question = "How does RLHF work?"
-    assert [e.sentence for e in damaged.evidence(question).items] == [
+    evidence = damaged.evidence(question)
+    assert evidence.items and [e.sentence for e in evidence.items] == [
         e.sentence for e in rules.evidence(question).items]
-    assert damaged.ask(question).answerable
+    assert damaged.gate(question).answerable
 
 
 def test_an_intact_copy_scores_like_the_shipped_one(tmp_path, scorer):
