@@ -131,16 +131,22 @@ def _learned_threshold() -> float | None:
         return None
 
 
+def _env_trained_file(name: str, shipped: Path) -> Path | None:
+    """A trained part that is off unless asked for: "on" for the shipped file, a file of
+    one's own, or "off" (also when unset)."""
+    value = os.environ.get(name, "").strip()
+    if value.lower() in ("", "off", "none", "0", "false"):
+        return None
+    return shipped if value.lower() in ("on", "1", "true") else Path(value).expanduser()
+
+
 def _env_ranker() -> Path | None:
     """FTCHAT_RANKER: "on" for the shipped ranker, a ranker file, or "off" (the default).
 
     Off by default: on 2026-12-07 it gained 2.3 points of recall@1 on train/'s validation
     split but lost 0.8-7.5 on the eval sets, and a blind judge found the right section in
     75% of its answers against 80% without it (docs/ranker.md)."""
-    value = os.environ.get("FTCHAT_RANKER", "").strip()
-    if value.lower() in ("", "off", "none", "0", "false"):
-        return None
-    return RANKER_FILE if value.lower() in ("on", "1", "true") else Path(value).expanduser()
+    return _env_trained_file("FTCHAT_RANKER", RANKER_FILE)
 
 
 def _env_scorer() -> Path | None:
@@ -151,10 +157,7 @@ def _env_scorer() -> Path | None:
     raised nugget recall on the eval sets (0.626 to 0.668 on blind.jsonl), but a blind judge
     found 30 of 60 of its answers good against 35 of 60 with the hand rules, its sentences
     less readable (docs/evaluation.md)."""
-    value = os.environ.get("FTCHAT_SCORER", "").strip()
-    if value.lower() in ("", "off", "none", "0", "false"):
-        return None
-    return UNIT_SCORER_FILE if value.lower() in ("on", "1", "true") else Path(value).expanduser()
+    return _env_trained_file("FTCHAT_SCORER", UNIT_SCORER_FILE)
 
 
 @dataclass(frozen=True)

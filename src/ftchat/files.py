@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 
 def sha256_file(path: Path) -> str:
@@ -34,6 +35,26 @@ def json_digest(value: object) -> str:
     """The sha256 of a JSON value written with sorted keys: what a manifest records of the
     weights beside it, so that a hand-edited or truncated weight shows as damaged."""
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+T = TypeVar("T")
+
+
+def read_trained_file(path: Path, parse: Callable[[dict], T], unusable: type[Exception],
+                      remake: str) -> T | str:
+    """A trained part's JSON file parsed, or why it cannot be used, in one line: missing,
+    unreadable, without its weights or manifest, or `unusable` (its own check failed).
+    `remake`: the command that writes it again."""
+    try:
+        return parse(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return f"it is missing (reinstall ftchat, or run `{remake}`)"
+    except (OSError, ValueError) as exc:
+        return f"it is unreadable ({type(exc).__name__})"
+    except (KeyError, TypeError, AttributeError):
+        return "it lacks its weights or manifest"
+    except unusable as exc:
+        return str(exc)
 
 
 def file_record(path: Path) -> dict:

@@ -23,7 +23,6 @@ in the manifest. A missing or damaged file is one warning line and the hybrid or
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ftchat.config import RANKER_FILE
-from ftchat.files import json_digest
+from ftchat.files import json_digest, read_trained_file
 from ftchat.text import tokenize
 
 log = logging.getLogger(__name__)
@@ -129,16 +128,8 @@ def features(query: str, candidates: Sequence[Candidate], votes: dict[str, float
 
 def load_ranker(path: Path = RANKER_FILE) -> LearnedRanker | None:
     """The shipped ranker, or None with one warning line when it cannot be used."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return LearnedRanker.from_json(data)
-    except FileNotFoundError:
-        problem = "it is missing (reinstall ftchat, or run `make train-ranker`)"
-    except (OSError, ValueError) as exc:
-        problem = f"it is unreadable ({type(exc).__name__})"
-    except (KeyError, TypeError, AttributeError):
-        problem = "it lacks its weights or manifest"
-    except RankerUnavailable as exc:
-        problem = str(exc)
-    log.warning("Learned ranker %s not used, passages keep the hybrid order: %s", path, problem)
-    return None
+    loaded = read_trained_file(path, LearnedRanker.from_json, RankerUnavailable, "make train-ranker")
+    if isinstance(loaded, str):
+        log.warning("Learned ranker %s not used, passages keep the hybrid order: %s", path, loaded)
+        return None
+    return loaded

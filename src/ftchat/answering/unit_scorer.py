@@ -28,7 +28,6 @@ raised nugget recall on the eval sets, but a blind judge read its answers as les
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import numpy as np
 
 from ftchat.answering.units import CAUSE, ENUMERATION, REMEDY, Unit
 from ftchat.config import UNIT_SCORER_FILE
-from ftchat.files import json_digest
+from ftchat.files import json_digest, read_trained_file
 from ftchat.text import tokenize
 
 log = logging.getLogger(__name__)
@@ -122,8 +121,7 @@ class UnitScorer:
         weights = {"coefficients": self.coefficients.tolist(), "intercept": self.intercept,
                    "mean": self.mean.tolist(), "scale": self.scale.tolist()}
         manifest = {**self.manifest, "format": FORMAT, "signals": list(SIGNALS), "kinds": list(KINDS),
-                    "dimensions": len(self.coefficients) - len(feature_names(0)),
-                    "weights_sha256": json_digest(weights)}
+                    "dimensions": self.dimensions, "weights_sha256": json_digest(weights)}
         return {"manifest": manifest, "weights": weights}
 
     @property
@@ -133,7 +131,8 @@ class UnitScorer:
 
     @property
     def dimensions(self) -> int:
-        return int(self.manifest.get("dimensions", len(self.coefficients) - len(feature_names(0))))
+        """How many question-unit vector products it reads (the embedder's width)."""
+        return len(self.coefficients) - len(feature_names(0))
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """The probability that each row's unit states one of the question's points."""
@@ -143,15 +142,8 @@ class UnitScorer:
 
 def load_unit_scorer(path: Path = UNIT_SCORER_FILE) -> UnitScorer | None:
     """The shipped scorer, or None with one warning line when it cannot be used."""
-    try:
-        return UnitScorer.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        problem = "it is missing (reinstall ftchat, or run `make train-scorer`)"
-    except (OSError, ValueError) as exc:
-        problem = f"it is unreadable ({type(exc).__name__})"
-    except (KeyError, TypeError, AttributeError):
-        problem = "it lacks its weights or manifest"
-    except ScorerUnavailable as exc:
-        problem = str(exc)
-    log.warning("Unit scorer %s not used, the hand rules choose the evidence: %s", path, problem)
-    return None
+    loaded = read_trained_file(path, UnitScorer.from_json, ScorerUnavailable, "make train-scorer")
+    if isinstance(loaded, str):
+        log.warning("Unit scorer %s not used, the hand rules choose the evidence: %s", path, loaded)
+        return None
+    return loaded
