@@ -159,7 +159,7 @@ def fit(mined: Sequence[MinedQuestion], strength: float, dropped: Sequence[int] 
     coefficients = model.coef_[0].astype(np.float64)
     coefficients[list(dropped)] = 0.0
     return UnitScorer(coefficients, float(model.intercept_[0]), scaler.mean_.astype(np.float64),
-                      scale.astype(np.float64), {"dimensions": 0})
+                      scale.astype(np.float64), {})
 
 
 @dataclass(frozen=True)
@@ -193,13 +193,22 @@ def figures(mined: Sequence[MinedQuestion], choose: Callable[[MinedQuestion], li
                    statistics.fmean(words))
 
 
-def learned_choice(scorer: UnitScorer, policy: EvidencePolicy,
+Scores = dict[int, tuple[np.ndarray, list[np.ndarray]]]
+
+
+def scored(scorer: UnitScorer, mined: Sequence[MinedQuestion]) -> Scores:
+    """The scorer's probabilities for each question's units and for each part of a two-part
+    question, by id(question): computed once, then read by every setting of the grid."""
+    return {id(m): (scorer.probabilities(m.features), [scorer.probabilities(f) for f in m.part_features])
+            for m in mined}
+
+
+def learned_choice(scores: Scores, policy: EvidencePolicy,
                    parts: bool = True) -> Callable[[MinedQuestion], list[int]]:
     def choose(m: MinedQuestion) -> list[int]:
+        whole, part_scores = scores[id(m)]
         c = m.candidates
-        part_scores = [scorer.probabilities(f) for f in m.part_features] if parts else []
-        return choose_by_scores(c.units, c.vectors, scorer.probabilities(m.features), set(), policy,
-                                part_scores)
+        return choose_by_scores(c.units, c.vectors, whole, set(), policy, part_scores if parts else [])
     return choose
 
 
@@ -221,8 +230,9 @@ def choose(train: list[MinedQuestion], validation: list[MinedQuestion], policy: 
     tried = []
     for strength in strengths:
         scorer = fit(train, strength)
+        scores = scored(scorer, validation)
         for choice in _grid():
-            result = figures(validation, learned_choice(scorer, replace(policy, **choice)))
+            result = figures(validation, learned_choice(scores, replace(policy, **choice)))
             tried.append((strength, choice, result, scorer))
     allowed = [t for t in tried if t[2].words <= rules.words] or tried
     strength, choice, result, scorer = max(allowed, key=lambda t: (t[2].key(), -t[1]["max_words"]))
@@ -277,10 +287,11 @@ def ablation(train: list[MinedQuestion], validation: list[MinedQuestion], policy
     for name, changes in HAND_RULES.items():
         result = figures(validation, hand_rules(replace(policy, **changes)))
         rows.append({"removed": f"hand rule: {name}", **result.to_json()})
-    whole = figures(validation, learned_choice(scorer, policy))
+    scores = scored(scorer, validation)
+    whole = figures(validation, learned_choice(scores, policy))
     rows.append({"removed": "nothing (learned)", **whole.to_json()})
     for name, signals in SIGNAL_GROUPS.items():
-        refitted = fit(train, strength, _columns(signals))
+        refitted = scored(fit(train, strength, _columns(signals)), validation)
         rows.append({"removed": f"signal: {name}",
                      **figures(validation, learned_choice(refitted, policy)).to_json()})
     steps = {"each part of a two-part question": (policy, False),
@@ -289,7 +300,7 @@ def ablation(train: list[MinedQuestion], validation: list[MinedQuestion], policy
                  replace(policy, keep_share_elsewhere=policy.keep_share), True)}
     for name, (changed, parts) in steps.items():
         rows.append({"removed": f"learned step: {name}",
-                     **figures(validation, learned_choice(scorer, changed, parts)).to_json()})
+                     **figures(validation, learned_choice(scores, changed, parts)).to_json()})
     return rows
 
 
