@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from guide_fixtures import FTCHAT
+from trained_files import write_damaged
 
 from ftchat.answering import gate
 from ftchat.answering.rerank import FEATURES, LearnedRanker, load_ranker
@@ -107,19 +108,7 @@ def test_a_threshold_can_be_fitted_to_answer_a_share_of_in_scope_questions():
 
 
 def _damage(path: Path, damage: str) -> None:
-    data = json.loads(RANKER_FILE.read_text(encoding="utf-8"))
-    if damage == "missing":
-        return
-    if damage == "garbled":
-        path.write_text(RANKER_FILE.read_text(encoding="utf-8")[:500], encoding="utf-8")
-        return
-    if damage == "edited weight":
-        data["weights"]["coefficients"][0] += 1.0
-    elif damage == "other features":
-        data["manifest"]["features"] = data["manifest"]["features"][:-1]
-    elif damage == "no manifest":
-        del data["manifest"]
-    path.write_text(json.dumps(data), encoding="utf-8")
+    write_damaged(RANKER_FILE, path, damage, "features")
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbled", "edited weight", "other features", "no manifest"])

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from guide_fixtures import FTCHAT
+from trained_files import DAMAGES, write_damaged
 
 from ftchat.answering.evidence import Unit, choose_by_scores, select_evidence
 from ftchat.answering.policy import EVIDENCE
@@ -187,25 +188,10 @@ def test_the_scorer_is_off_unless_asked_for(monkeypatch, tmp_path):
 
 
 def _damage(path, damage: str) -> None:
-    data = json.loads(UNIT_SCORER_FILE.read_text(encoding="utf-8"))
-    if damage == "missing":
-        return
-    if damage == "garbled":
-        path.write_text(UNIT_SCORER_FILE.read_text(encoding="utf-8")[:500], encoding="utf-8")
-        return
-    if damage == "edited weight":
-        data["weights"]["coefficients"][0] += 1.0
-    elif damage == "other features":
-        data["manifest"]["signals"] = ["cosine"]
-    elif damage == "no manifest":
-        del data["manifest"]
-    elif damage == "wrong length":
-        data["weights"]["coefficients"] = data["weights"]["coefficients"][:-1]
-    path.write_text(json.dumps(data), encoding="utf-8")
+    write_damaged(UNIT_SCORER_FILE, path, damage, "signals")
 
 
-@pytest.mark.parametrize("damage", ["missing", "garbled", "edited weight", "other features", "no manifest",
-                                    "wrong length"])
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_a_missing_or_damaged_scorer_is_one_warning_and_no_scorer(tmp_path, caplog, damage):
     path = tmp_path / "unit_scorer.json"
     _damage(path, damage)
